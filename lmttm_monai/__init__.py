@@ -1,0 +1,7 @@
+"""lmttm_monai: memory-based networks (LMTTM, TTM) for MONAI, with MONAI bundles that use them."""
+
+from lmttm_monai import data, metrics, networks
+
+__version__ = "0.1.0"
+
+__all__ = ["data", "metrics", "networks", "__version__"]

@@ -1,0 +1,217 @@
+"""MedMNIST v2 3D datasets (Yang et al., Scientific Data 2023) as MONAI datasets.
+
+Files are read from ``dataset_dir`` with medmnist's own names (``{name}.npz`` for 28^3, ``{name}_{size}.npz``
+otherwise), so a folder a user filled with ``medmnist`` (default ``~/.medmnist``) works as it is. A missing
+file is downloaded from the address in medmnist's ``INFO`` with MONAI's :func:`monai.apps.download_url`, which
+checks the MD5 listed there (medmnist's own downloader needs torchvision, which a CPU-only install lacks).
+Class count, label names and task type also come from ``INFO``, so changing dataset is one argument.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import Dataset, MetaTensor
+from monai.transforms import apply_transform
+
+__all__ = [
+    "MEDMNIST_3D_NAMES",
+    "MEDMNIST_SIZES",
+    "MedMNIST3DDataset",
+    "default_dataset_dir",
+    "load_medmnist3d",
+    "medmnist_info",
+    "medmnist_npz_path",
+]
+
+MEDMNIST_3D_NAMES = (
+    "organmnist3d",
+    "nodulemnist3d",
+    "adrenalmnist3d",
+    "fracturemnist3d",
+    "vesselmnist3d",
+    "synapsemnist3d",
+)
+MEDMNIST_SIZES = (28, 64)
+SPLITS = ("train", "val", "test")
+
+logger = logging.getLogger(__name__)
+
+
+def _info() -> dict[str, Any]:
+    try:
+        from medmnist.info import INFO
+    except ImportError as e:
+        raise ImportError(
+            "lmttm_monai needs the medmnist package for dataset information: on a CPU-only machine run "
+            "'pip install --no-deps medmnist==3.0.2', with CUDA torch run \"pip install 'lmttm-monai[medmnist]'\"."
+        ) from e
+    return INFO
+
+
+def default_dataset_dir() -> str:
+    """medmnist's own default root, ``~/.medmnist``."""
+    return os.path.join(os.path.expanduser("~"), ".medmnist")
+
+
+def _check_name(name: str) -> str:
+    key = name.lower()
+    if key not in MEDMNIST_3D_NAMES:
+        raise ValueError(f"unknown MedMNIST 3D dataset {name!r}; choose one of {', '.join(MEDMNIST_3D_NAMES)}.")
+    return key
+
+
+def medmnist_info(name: str) -> dict[str, Any]:
+    """Task facts of a MedMNIST 3D dataset from medmnist's INFO.
+
+    Returns a dict with ``name``, ``task`` (``"binary-class"`` or ``"multi-class"``), ``num_classes``,
+    ``label_names`` (index order), ``n_samples`` (per split) and ``license``.
+    """
+    key = _check_name(name)
+    info = _info()[key]
+    labels = info["label"]
+    return {
+        "name": key,
+        "task": info["task"],
+        "num_classes": len(labels),
+        "label_names": [labels[str(i)] for i in range(len(labels))],
+        "n_samples": dict(info["n_samples"]),
+        "license": info.get("license", ""),
+    }
+
+
+def medmnist_npz_path(name: str, size: int = 28, dataset_dir: str | os.PathLike | None = None) -> str:
+    """Path of the ``.npz`` file of dataset ``name`` at ``size`` in ``dataset_dir``, by medmnist's naming."""
+    key = _check_name(name)
+    if size not in MEDMNIST_SIZES:
+        raise ValueError(f"MedMNIST 3D image size must be one of {MEDMNIST_SIZES}, got {size}.")
+    folder = os.path.expanduser(str(dataset_dir)) if dataset_dir is not None else default_dataset_dir()
+    return os.path.join(folder, f"{key}.npz" if size == 28 else f"{key}_{size}.npz")
+
+
+def _download(name: str, size: int, path: str, url: str | None) -> None:
+    from monai.apps import download_url
+
+    info = _info()[name]
+    suffix = "" if size == 28 else f"_{size}"
+    url = url or info[f"url{suffix}"]
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        # download_url writes to a temporary file and moves it into place only after the MD5 matches
+        download_url(url=url, filepath=path, hash_val=info[f"MD5{suffix}"], hash_type="md5", progress=True)
+    except Exception as e:
+        raise FileNotFoundError(
+            f"{path} does not exist and downloading it from {url} failed ({type(e).__name__}: {e}). "
+            f"Download {os.path.basename(path)} yourself and put it in {os.path.dirname(path)}, "
+            "or point dataset_dir (bundle override --dataset_dir) to the folder that holds it."
+        ) from e
+
+
+def load_medmnist3d(
+    name: str,
+    split: str,
+    size: int = 28,
+    dataset_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    url: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``[N, D, H, W]`` (uint8) and labels ``[N]`` (int64) of one split, in dataset order.
+
+    Args:
+        name: one of :data:`MEDMNIST_3D_NAMES` (case-insensitive).
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        size: 28 or 64.
+        dataset_dir: folder with the ``.npz`` files (default ``~/.medmnist``).
+        download: download the file when it is missing.
+        url: download address instead of the one in medmnist's INFO (a mirror); the MD5 is still checked.
+
+    Raises:
+        ValueError: unknown name, split or size; a file without the expected arrays; labels out of range.
+        FileNotFoundError: the file is missing and could not be downloaded.
+    """
+    key = _check_name(name)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+    path = medmnist_npz_path(key, size, dataset_dir)
+    if not os.path.isfile(path):
+        if not download:
+            raise FileNotFoundError(
+                f"{path} does not exist: put {os.path.basename(path)} there or point dataset_dir to its folder."
+            )
+        _download(key, size, path, url)
+    try:
+        with np.load(path) as npz:
+            images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
+    except KeyError as e:
+        raise ValueError(f"{path} has no {e} array: it is not a MedMNIST file; delete it and download it again.")
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise ValueError(
+            f"{path} is not a readable MedMNIST .npz file ({type(e).__name__}: {e}); delete it and download it again."
+        ) from e
+    if images.ndim != 4 or images.shape[1:] != (size, size, size):
+        raise ValueError(
+            f"{path}: {split}_images has shape {images.shape}, expected [N, {size}, {size}, {size}]; "
+            "is the size right for this file?"
+        )
+    labels = labels.reshape(-1).astype(np.int64)
+    if len(labels) != len(images):
+        raise ValueError(f"{path}: {len(images)} {split} images but {len(labels)} labels.")
+    num_classes = medmnist_info(key)["num_classes"]
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"{path}: {split} labels range over [{labels.min()}, {labels.max()}] but {key} has {num_classes} classes."
+        )
+    return images, labels
+
+
+class MedMNIST3DDataset(Dataset):
+    """One split of a MedMNIST 3D dataset as a MONAI :class:`~monai.data.Dataset` of dictionaries.
+
+    Each item is ``{"image": MetaTensor [1, S, S, S] float32 in 0..255, "label": int64 tensor, "index": int}``;
+    the image's meta holds ``filename_or_obj`` = ``"{name}_{split}_{index:05d}"`` so MONAI savers name rows.
+    Items keep dataset order; ``num_samples`` keeps only the first ones (for quick runs).
+
+    Args:
+        dataset_dir: folder with the ``.npz`` files; ``None`` for ``~/.medmnist``.
+        dataset_name: one of :data:`MEDMNIST_3D_NAMES`.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        image_size: 28 or 64.
+        transform: MONAI (dictionary) transform applied to each item.
+        download: download a missing file.
+        num_samples: use only the first ``num_samples`` items (``None``: all).
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | os.PathLike | None,
+        dataset_name: str,
+        split: str,
+        image_size: int = 28,
+        transform: Sequence[Callable] | Callable | None = None,
+        download: bool = True,
+        num_samples: int | None = None,
+    ) -> None:
+        images, labels = load_medmnist3d(dataset_name, split, image_size, dataset_dir, download)
+        if num_samples is not None:
+            if num_samples < 1:
+                raise ValueError(f"num_samples must be positive or None, got {num_samples}.")
+            images, labels = images[:num_samples], labels[:num_samples]
+        self.info = medmnist_info(dataset_name)
+        self.split = split
+        self.images, self.labels = images, labels
+        prefix = f"{self.info['name']}_{split}"
+        data = [{"index": i, "name": f"{prefix}_{i:05d}"} for i in range(len(labels))]
+        super().__init__(data=data, transform=transform)
+
+    def _transform(self, index: int):
+        item = dict(self.data[index])
+        image = torch.as_tensor(self.images[index], dtype=torch.float32).unsqueeze(0)
+        item["image"] = MetaTensor(image, meta={"filename_or_obj": item.pop("name")})
+        item["label"] = torch.as_tensor(self.labels[index], dtype=torch.int64)
+        return apply_transform(self.transform, item) if self.transform is not None else item

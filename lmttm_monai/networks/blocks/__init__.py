@@ -1,0 +1,5 @@
+from lmttm_monai.networks.blocks.memory import LinkedMemory, TokenMemory
+from lmttm_monai.networks.blocks.process_unit import PROCESS_UNITS, MixerBlock, ProcessUnit
+from lmttm_monai.networks.blocks.token_learner import TokenLearner
+
+__all__ = ["TokenLearner", "TokenMemory", "LinkedMemory", "ProcessUnit", "MixerBlock", "PROCESS_UNITS"]

@@ -1,0 +1,93 @@
+"""Process unit of the Token Turing Machine family (LMTTM calls it the Memory Distillation Unit, MDU).
+
+It maps the tokens read from memory to the same number of output tokens ``O_t``. Three kinds, as in the
+ablations of TTM (Ryoo et al., CVPR 2023) and LMTTM (Wei et al., CMPB 2025):
+
+- ``"transformer"`` (default): pre-norm transformer encoder blocks (:class:`monai.networks.blocks.TransformerBlock`),
+  batch first, so samples never attend to each other (the authors' layers were not batch first);
+- ``"mixer"``: MLP-Mixer blocks (Tolstikhin et al., NeurIPS 2021), token mixing then channel mixing;
+- ``"mlp"``: a per-token residual MLP, no interaction between tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from monai.networks.blocks import MLPBlock, TransformerBlock
+
+__all__ = ["ProcessUnit", "MixerBlock", "PROCESS_UNITS"]
+
+PROCESS_UNITS = ("transformer", "mixer", "mlp")
+
+
+class MixerBlock(nn.Module):
+    """One MLP-Mixer block over ``[B, N, C]``: an MLP across the ``N`` tokens, then one across channels."""
+
+    def __init__(self, dim: int, num_tokens: int, mlp_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.token_norm = nn.LayerNorm(dim)
+        self.token_mlp = MLPBlock(num_tokens, max(num_tokens * 2, 1), dropout)
+        self.channel_norm = nn.LayerNorm(dim)
+        self.channel_mlp = MLPBlock(dim, mlp_dim, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.token_mlp(self.token_norm(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.channel_mlp(self.channel_norm(x))
+
+
+class _ResidualMLP(nn.Module):
+    def __init__(self, dim: int, mlp_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = MLPBlock(dim, mlp_dim, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.norm(x))
+
+
+class ProcessUnit(nn.Module):
+    """A stack of ``num_layers`` token-processing blocks of one ``kind``, then a LayerNorm.
+
+    Args:
+        kind: ``"transformer"``, ``"mixer"`` or ``"mlp"``.
+        dim: token width ``C``.
+        num_tokens: tokens processed per step (``r`` for TTM, ``3 r`` for LMTTM); the mixer needs it.
+        num_layers: number of blocks.
+        num_heads: attention heads (transformer); must divide ``dim``.
+        mlp_ratio: hidden width of the MLPs as a multiple of ``dim``.
+        dropout: dropout rate in the blocks.
+
+    Shapes: ``[B, num_tokens, C] -> [B, num_tokens, C]``.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        dim: int,
+        num_tokens: int,
+        num_layers: int = 1,
+        num_heads: int = 8,
+        mlp_ratio: float = 3.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if kind not in PROCESS_UNITS:
+            raise ValueError(f"process unit must be one of {PROCESS_UNITS}, got {kind!r}.")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be a positive integer, got {num_layers}.")
+        if kind == "transformer" and (num_heads < 1 or dim % num_heads != 0):
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}).")
+        mlp_dim = int(dim * mlp_ratio)
+        blocks: list[nn.Module] = []
+        for _ in range(num_layers):
+            if kind == "transformer":
+                blocks.append(TransformerBlock(dim, mlp_dim, num_heads, dropout_rate=dropout))
+            elif kind == "mixer":
+                blocks.append(MixerBlock(dim, num_tokens, mlp_dim, dropout))
+            else:
+                blocks.append(_ResidualMLP(dim, mlp_dim, dropout))
+        self.blocks = nn.Sequential(*blocks)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.blocks(x))

@@ -1,0 +1,58 @@
+"""TokenLearner: a learned, input-dependent summary of a token set.
+
+Ryoo et al., "TokenLearner: Adaptive Space-Time Tokenization for Videos", NeurIPS 2021, in the form used by
+the Token Turing Machine (Ryoo et al., CVPR 2023) and LMTTM (Wei et al., CMPB 2025) for memory read and write.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["TokenLearner"]
+
+
+class TokenLearner(nn.Module):
+    """Summarise ``N`` input tokens into ``num_output_tokens`` tokens.
+
+    Each output token is a convex combination of the (projected) input tokens; the combination weights come
+    from a small MLP on the layer-normalised inputs followed by a softmax over the ``N`` input tokens, so the
+    same module accepts any ``N``.
+
+    Args:
+        dim: token width ``C``.
+        num_output_tokens: number of summary tokens ``S``.
+        hidden_dim: width of the MLP that scores the tokens (defaults to ``dim``).
+        feature_projection: project the summarised features with ``GELU(Linear(C, C))`` first, as in the
+            LMTTM authors' variant; ``False`` weights the raw inputs, as in scenic's TokenLearnerV11.
+        dropout: dropout on the summary tokens.
+
+    Shapes:
+        ``forward(x)`` with ``x`` of shape ``[B, N, C]`` returns ``(tokens, weights)``: ``tokens`` of shape
+        ``[B, S, C]`` and ``weights`` of shape ``[B, S, N]`` (each row sums to one).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_output_tokens: int,
+        hidden_dim: int | None = None,
+        feature_projection: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim < 1 or num_output_tokens < 1:
+            raise ValueError(f"dim and num_output_tokens must be positive, got {dim} and {num_output_tokens}.")
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must be in [0, 1], got {dropout}.")
+        hidden_dim = dim if hidden_dim is None else hidden_dim
+        self.score = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, num_output_tokens)
+        )
+        self.features = nn.Sequential(nn.Linear(dim, dim), nn.GELU()) if feature_projection else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = self.score(x).transpose(1, 2).softmax(dim=-1)  # [B, S, N]: softmax over the input tokens
+        tokens = self.dropout(torch.bmm(weights, self.features(x)))
+        return tokens, weights
