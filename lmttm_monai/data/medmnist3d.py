@@ -145,15 +145,17 @@ def load_medmnist3d(
                 f"{path} does not exist: put {os.path.basename(path)} there or point dataset_dir to its folder."
             )
         _download(key, size, path, url)
+    keys = (f"{split}_images", f"{split}_labels")
     try:
         with np.load(path) as npz:
-            images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
-    except KeyError as e:
-        raise ValueError(f"{path} has no {e} array: it is not a MedMNIST file; delete it and download it again.")
+            missing = [k for k in keys if k not in npz.files]
+            images, labels = (None, None) if missing else (npz[keys[0]], npz[keys[1]])
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise ValueError(
             f"{path} is not a readable MedMNIST .npz file ({type(e).__name__}: {e}); delete it and download it again."
         ) from e
+    if missing:
+        raise ValueError(f"{path} has no '{missing[0]}' array: it is not a MedMNIST file; delete it and download it again.")
     if images.ndim != 4 or images.shape[1:] != (size, size, size):
         raise ValueError(
             f"{path}: {split}_images has shape {images.shape}, expected [N, {size}, {size}, {size}]; "

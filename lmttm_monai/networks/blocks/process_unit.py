@@ -3,8 +3,9 @@
 It maps the tokens read from memory to the same number of output tokens ``O_t``. Three kinds, as in the
 ablations of TTM (Ryoo et al., CVPR 2023) and LMTTM (Wei et al., CMPB 2025):
 
-- ``"transformer"`` (default): pre-norm transformer encoder blocks (:class:`monai.networks.blocks.TransformerBlock`),
-  batch first, so samples never attend to each other (the authors' layers were not batch first);
+- ``"transformer"`` (default): pre-norm transformer encoder layers (:class:`torch.nn.TransformerEncoderLayer`,
+  GELU) with ``batch_first=True``, so samples never attend to each other (the authors' layers were not batch
+  first, so attention ran across the batch);
 - ``"mixer"``: MLP-Mixer blocks (Tolstikhin et al., NeurIPS 2021), token mixing then channel mixing;
 - ``"mlp"``: a per-token residual MLP, no interaction between tokens.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from monai.networks.blocks import MLPBlock, TransformerBlock
+from monai.networks.blocks import MLPBlock
 
 __all__ = ["ProcessUnit", "MixerBlock", "PROCESS_UNITS"]
 
@@ -81,7 +82,11 @@ class ProcessUnit(nn.Module):
         blocks: list[nn.Module] = []
         for _ in range(num_layers):
             if kind == "transformer":
-                blocks.append(TransformerBlock(dim, mlp_dim, num_heads, dropout_rate=dropout))
+                blocks.append(
+                    nn.TransformerEncoderLayer(
+                        dim, num_heads, mlp_dim, dropout, activation="gelu", batch_first=True, norm_first=True
+                    )
+                )
             elif kind == "mixer":
                 blocks.append(MixerBlock(dim, num_tokens, mlp_dim, dropout))
             else:

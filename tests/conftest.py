@@ -1,0 +1,33 @@
+"""Shared test fixtures.
+
+Tests that need the real data in ``../shared/data`` skip with a reason when it is absent. With
+``LMTTM_REQUIRE_SHARED_DATA=1`` (set by ``.ci/run``) they fail instead, so CI can never pass without them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LMTTM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+MEDMNIST_DIR = SHARED_DATA / "medmnist"
+
+
+def require_path(path: Path) -> Path:
+    if not path.exists():
+        message = f"real data not found at {path} (the project reads it from ../shared/data)"
+        if os.environ.get("LMTTM_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(message + "; LMTTM_REQUIRE_SHARED_DATA=1 forbids skipping")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def medmnist_dir() -> Path:
+    """Folder with the real adrenalmnist3d.npz and adrenalmnist3d_64.npz."""
+    require_path(MEDMNIST_DIR / "adrenalmnist3d.npz")
+    require_path(MEDMNIST_DIR / "adrenalmnist3d_64.npz")
+    return MEDMNIST_DIR

@@ -1,0 +1,187 @@
+"""Properties of the LMTTM and TTM networks, including each fix of the authors' defects."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmttm_monai.networks import NETWORKS, get_network
+from lmttm_monai.networks.blocks import LinkedMemory, TokenLearner
+from lmttm_monai.networks.nets import LMTTM, TTM
+
+SMALL = dict(dim=32, memory_tokens=32, read_tokens=4, num_heads=4, dropout=0.0)
+
+
+def small(name: str = "lmttm", spatial_dims: int = 3, img_size: int = 28, **kwargs) -> torch.nn.Module:
+    options = {**SMALL, **kwargs}
+    if name == "ttm":
+        options.pop("memory_units", None)
+    torch.manual_seed(0)
+    return get_network(name, spatial_dims=spatial_dims, in_channels=1, out_channels=3, img_size=img_size, **options)
+
+
+@pytest.mark.parametrize("name", ["lmttm", "ttm"])
+@pytest.mark.parametrize("spatial_dims,img_size", [(3, 28), (3, 64), (2, 28), (2, 64)])
+def test_logits_have_one_score_per_class_for_28_and_64_in_2d_and_3d(name, spatial_dims, img_size):
+    net = small(name, spatial_dims, img_size).eval()
+    for batch in (1, 3):
+        with torch.no_grad():
+            out = net(torch.rand(batch, 1, *[img_size] * spatial_dims))
+        assert out.shape == (batch, 3)
+        assert torch.isfinite(out).all()
+
+
+def test_paper_defaults_build_and_run_on_a_28_cube():
+    net = LMTTM(spatial_dims=3, in_channels=1, out_channels=2, img_size=28).eval()
+    assert net.num_steps == 9 and net.input_tokens == 81  # 28 with patch 3 -> 9 x 9 x 9, as in the paper
+    with torch.no_grad():
+        assert net(torch.rand(2, 1, 28, 28, 28)).shape == (2, 2)
+
+
+@pytest.mark.parametrize("name", ["lmttm", "ttm"])
+def test_samples_in_a_batch_do_not_interact(name):
+    net = small(name).eval()
+    x = torch.rand(4, 1, 28, 28, 28)
+    with torch.no_grad():
+        together = net(x)
+        alone = torch.cat([net(x[i : i + 1]) for i in range(4)])
+        changed = x.clone()
+        changed[1:] = torch.rand(3, 1, 28, 28, 28)
+        first_with_other_neighbours = net(changed)[0]
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(together[0], first_with_other_neighbours, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["lmttm", "ttm"])
+def test_eval_mode_is_deterministic_and_memory_starts_fresh_for_every_volume(name):
+    net = small(name, dropout=0.2).eval()
+    a, b = torch.rand(2, 1, 1, 28, 28, 28)
+    state_before = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        first = net(a)
+        net(b)  # another patient in between must not change the next prediction
+        again = net(a)
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, state_before[key]), f"{key} changed during a forward pass"
+
+
+@pytest.mark.parametrize("name", ["lmttm", "ttm"])
+def test_positional_embeddings_and_initial_memory_are_learned_parameters(name):
+    net = small(name).train()
+    names = dict(net.named_parameters())
+    for key in ("memory.read_embedding", "memory.write_embedding", "memory.initial"):
+        assert key in names, f"{key} is not a parameter"
+    loss = net(torch.rand(2, 1, 28, 28, 28)).sum()
+    loss.backward()
+    for key in ("memory.read_embedding", "memory.write_embedding", "memory.initial"):
+        assert names[key].grad is not None and names[key].grad.abs().sum() > 0, f"{key} gets no gradient"
+
+
+def test_zeros_initial_memory_is_zero_and_not_trained():
+    net = small(memory_init="zeros")
+    assert not net.memory.initial.requires_grad
+    assert net.memory.initial_memory(2).abs().sum() == 0
+
+
+@pytest.mark.parametrize("process_unit", ["transformer", "mixer", "mlp"])
+@pytest.mark.parametrize("name", ["lmttm", "ttm"])
+def test_every_process_unit_trains(name, process_unit):
+    net = small(name, process_unit=process_unit).train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x, y = torch.rand(2, 1, 28, 28, 28), torch.tensor([0, 2])
+    before = [p.detach().clone() for p in net.parameters()]
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(b, p) for b, p in zip(before, net.parameters()))
+
+
+def test_linked_memory_reads_the_neighbours_of_the_pointer_and_writes_the_next_unit():
+    memory_block = LinkedMemory(dim=8, memory_tokens=16, memory_units=4, input_tokens=5, read_tokens=2)
+    assert [memory_block.neighbours(t) for t in range(5)] == [(3, 0, 1), (0, 1, 2), (1, 2, 3), (2, 3, 0), (3, 0, 1)]
+    memory = torch.rand(2, 4, 4, 8)
+    inputs, outputs = torch.rand(2, 5, 8), torch.rand(2, 6, 8)
+    read, read_weights = memory_block.read(memory, inputs, step=1)
+    assert read.shape == (2, 6, 8) and read_weights.shape == (2, 3, 2, 4 + 5)
+    written, write_weights = memory_block.write(memory, inputs, outputs, step=1)
+    assert write_weights.shape == (2, 4, 3 * 4 + 5 + 6)
+    assert not torch.equal(written[:, 2], memory[:, 2])  # pointer 1 writes unit 2
+    for unit in (0, 1, 3):
+        assert torch.equal(written[:, unit], memory[:, unit])
+
+
+def test_token_learner_weights_are_a_distribution_over_input_tokens():
+    learner = TokenLearner(dim=16, num_output_tokens=3)
+    tokens, weights = learner(torch.rand(2, 10, 16))
+    assert tokens.shape == (2, 3, 16) and weights.shape == (2, 3, 10)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("name,groups", [("lmttm", 3), ("ttm", 1)])
+def test_forward_with_weights_returns_per_step_read_and_write_weights(name, groups):
+    net = small(name).eval()
+    x = torch.rand(2, 1, 28, 28, 28)
+    with torch.no_grad():
+        logits, read_weights, write_weights = net.forward_with_weights(x)
+        torch.testing.assert_close(logits, net(x))
+    assert read_weights.shape[:4] == (2, 9, groups, 4)
+    assert write_weights.shape[:2] == (2, 9)
+    torch.testing.assert_close(read_weights.sum(-1), torch.ones_like(read_weights.sum(-1)))
+
+
+def test_sizes_that_are_not_a_multiple_of_the_patch_are_cropped():
+    net = small(img_size=30, patch_size=4).eval()  # 30 = 7 * 4 + 2: the last 2 voxels are dropped
+    assert net.num_steps == 7 and net.input_tokens == 49
+    x = torch.rand(1, 1, 30, 30, 30)
+    y = x.clone()
+    y[..., 28:] = 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net(y))
+
+
+@pytest.mark.parametrize("name", ["lmttm", "ttm"])
+def test_torchscript_export_gives_the_eager_logits(name):
+    net = small(name).eval()
+    scripted = torch.jit.script(net)
+    x = torch.rand(2, 1, 28, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
+
+
+def test_registry_builds_each_network_by_name():
+    assert set(NETWORKS.names) == {"lmttm", "ttm"}
+    assert isinstance(small("lmttm"), LMTTM) and isinstance(small("ttm"), TTM)
+    with pytest.raises(ValueError, match="unknown network 'vit'"):
+        get_network("vit")
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(spatial_dims=1), "spatial_dims must be 2 or 3"),
+        (dict(in_channels=0), "in_channels"),
+        (dict(out_channels=0), "out_channels"),
+        (dict(img_size=2), "smaller than one patch"),
+        (dict(memory_units=5), "divisor of memory_tokens"),
+        (dict(num_heads=5), "divisible by num_heads"),
+        (dict(process_unit="lstm"), "process unit must be one of"),
+        (dict(memory_init="random"), "memory_init"),
+        (dict(dropout=1.5), "dropout"),
+    ],
+)
+def test_invalid_arguments_raise_a_clear_value_error(kwargs, message):
+    args = dict(spatial_dims=3, in_channels=1, out_channels=2, img_size=28, **SMALL)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        LMTTM(**args)
+
+
+@pytest.mark.parametrize(
+    "shape,message",
+    [((2, 28, 28, 28), "rank 4"), ((2, 3, 28, 28, 28), "1 input channel"), ((2, 1, 32, 32, 32), "spatial size")],
+)
+def test_wrong_input_shape_raises_a_clear_value_error(shape, message):
+    with pytest.raises(ValueError, match=message):
+        small()(torch.rand(*shape))
