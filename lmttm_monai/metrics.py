@@ -11,7 +11,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from ignite.exceptions import NotComputableError
 from ignite.metrics import EpochMetric
+from monai.utils import evenly_divisible_all_gather
 
 __all__ = ["MEDMNIST_METRICS", "MedMNISTMetric", "medmnist_metric", "probabilities_and_labels"]
 
@@ -40,8 +43,9 @@ def probabilities_and_labels(output: Sequence[dict] | dict) -> tuple[torch.Tenso
 class MedMNISTMetric(EpochMetric):
     """Ignite metric for MONAI engines: MedMNIST ``"acc"`` or ``"auc"`` over all samples of an epoch.
 
-    Expects ``pred`` to hold class probabilities (apply a softmax in the engine's postprocessing). Across
-    processes, ignite gathers every rank's predictions before computing, so the value covers the whole split.
+    Expects ``pred`` to hold class probabilities (apply a softmax in the engine's postprocessing). Under
+    ``torch.distributed`` every rank's predictions are gathered first, so the value covers the whole split even
+    when the shards differ in size (ignite's own gather requires equal sizes).
 
     Args:
         metric: ``"acc"`` or ``"auc"``.
@@ -58,3 +62,12 @@ class MedMNISTMetric(EpochMetric):
             return medmnist_metric(metric, y.cpu().numpy(), y_pred.float().cpu().numpy(), task)
 
         super().__init__(compute, output_transform=output_transform, check_compute_fn=False, device=device)
+
+    def compute(self) -> float:
+        if not self._predictions:
+            raise NotComputableError(f"{type(self).__name__} needs at least one sample before it can be computed.")
+        predictions, targets = torch.cat(self._predictions), torch.cat(self._targets)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            predictions = evenly_divisible_all_gather(predictions, concat=True)
+            targets = evenly_divisible_all_gather(targets, concat=True)
+        return self.compute_fn(predictions, targets)

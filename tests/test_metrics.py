@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -55,3 +57,28 @@ def test_unknown_metric_or_task_is_rejected():
         MedMNISTMetric("f1", "binary-class")
     with pytest.raises(ValueError, match="task must be"):
         MedMNISTMetric("auc", "multi-label, binary-class")
+
+
+def _ranked_metric(rank: int, world: int, init_file: str, scores: np.ndarray, labels: np.ndarray, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        shard = slice(0, 5) if rank == 0 else slice(5, None)  # 5 and 4 samples: uneven on purpose
+        value = _run_metric(MedMNISTMetric("auc", "binary-class"), scores[shard], labels[shard], batch=2)
+        Path(out, f"rank{rank}.txt").write_text(repr(value))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_metric_under_ddp_covers_every_sample_when_shards_are_uneven(tmp_path):
+    import torch.multiprocessing as mp
+
+    labels = np.array([0, 1, 1, 0, 1, 0, 0, 1, 1])
+    scores = np.stack([1 - np.linspace(0.1, 0.9, 9), np.linspace(0.1, 0.9, 9)], 1).astype(np.float32)
+    scores[[0, 4]] = scores[[4, 0]]  # not perfectly separable, so the value depends on every sample
+    expected = medmnist_metric("auc", labels, scores, "binary-class")
+    mp.spawn(_ranked_metric, args=(2, str(tmp_path / "init"), scores, labels, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert float((tmp_path / f"rank{rank}.txt").read_text()) == pytest.approx(expected)
+    assert expected != pytest.approx(medmnist_metric("auc", labels[:5], scores[:5], "binary-class"))

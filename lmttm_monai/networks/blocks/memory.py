@@ -24,26 +24,46 @@ __all__ = ["TokenMemory", "LinkedMemory"]
 MEMORY_INITS = ("learned", "zeros")
 
 
-def _check_common(dim: int, memory_tokens: int, input_tokens: int, read_tokens: int, memory_init: str) -> None:
-    for name, value in (
-        ("dim", dim),
-        ("memory_tokens", memory_tokens),
-        ("input_tokens", input_tokens),
-        ("read_tokens", read_tokens),
-    ):
+class _ExternalMemory(nn.Module):
+    """What both memories share: a fresh initial memory per volume, learned positional embeddings for the
+    read and write sequences, and the read and write token learners."""
+
+    def __init__(
+        self,
+        dim: int,
+        initial_shape: tuple[int, ...],
+        read_length: int,
+        read_tokens: int,
+        write_length: int,
+        write_tokens: int,
+        dropout: float,
+        memory_init: str,
+    ) -> None:
+        super().__init__()
+        if memory_init not in MEMORY_INITS:
+            raise ValueError(f"memory_init must be one of {MEMORY_INITS}, got {memory_init!r}.")
+        learned = memory_init == "learned"
+        initial = torch.randn(*initial_shape, dim) * 0.02 if learned else torch.zeros(*initial_shape, dim)
+        self.initial = nn.Parameter(initial, requires_grad=learned)
+        # Learned, created once: the authors' code drew fresh random "embeddings" inside forward, which made
+        # the same input give different outputs on every call.
+        self.read_embedding = nn.Parameter(torch.randn(1, read_length, dim) * 0.02)
+        self.write_embedding = nn.Parameter(torch.randn(1, write_length, dim) * 0.02)
+        self.reader = TokenLearner(dim, read_tokens, dropout=dropout)
+        self.writer = TokenLearner(dim, write_tokens, dropout=dropout)
+
+    def initial_memory(self, batch_size: int) -> torch.Tensor:
+        """The initial memory, ``[B, *initial_shape, C]``, made afresh for every forward call."""
+        return self.initial.unsqueeze(0).expand([batch_size] + list(self.initial.shape))
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
         if value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value}.")
-    if memory_init not in MEMORY_INITS:
-        raise ValueError(f"memory_init must be one of {MEMORY_INITS}, got {memory_init!r}.")
 
 
-def _positional_embedding(num_tokens: int, dim: int) -> nn.Parameter:
-    # Learned, created once: the authors' code drew fresh random "embeddings" inside forward, which made
-    # the same input give different outputs on every call.
-    return nn.Parameter(torch.randn(1, num_tokens, dim) * 0.02)
-
-
-class TokenMemory(nn.Module):
+class TokenMemory(_ExternalMemory):
     """Token Turing Machine memory of ``memory_tokens`` tokens, read and rewritten whole each step.
 
     ``read``: ``Z = TokenLearner_r([M ; I_t] + pos)``. ``write``: ``M' = TokenLearner_m([M ; I_t ; O_t] + pos)``.
@@ -68,21 +88,18 @@ class TokenMemory(nn.Module):
         dropout: float = 0.0,
         memory_init: str = "learned",
     ) -> None:
-        super().__init__()
-        _check_common(dim, memory_tokens, input_tokens, read_tokens, memory_init)
-        self.memory_tokens = memory_tokens
+        _check_sizes(dim=dim, memory_tokens=memory_tokens, input_tokens=input_tokens, read_tokens=read_tokens)
+        super().__init__(
+            dim,
+            (memory_tokens,),
+            read_length=memory_tokens + input_tokens,
+            read_tokens=read_tokens,
+            write_length=memory_tokens + input_tokens + read_tokens,
+            write_tokens=memory_tokens,
+            dropout=dropout,
+            memory_init=memory_init,
+        )
         self.num_read_tokens = read_tokens
-        self.learn_initial_memory = memory_init == "learned"
-        self.initial = nn.Parameter(torch.randn(memory_tokens, dim) * 0.02, requires_grad=self.learn_initial_memory)
-        if not self.learn_initial_memory:
-            nn.init.zeros_(self.initial)
-        self.read_embedding = _positional_embedding(memory_tokens + input_tokens, dim)
-        self.write_embedding = _positional_embedding(memory_tokens + input_tokens + read_tokens, dim)
-        self.reader = TokenLearner(dim, read_tokens, dropout=dropout)
-        self.writer = TokenLearner(dim, memory_tokens, dropout=dropout)
-
-    def initial_memory(self, batch_size: int) -> torch.Tensor:
-        return self.initial.unsqueeze(0).expand(batch_size, -1, -1)
 
     def read(self, memory: torch.Tensor, inputs: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the read tokens ``[B, r, C]`` and the read weights ``[B, 1, r, m + n]``."""
@@ -96,7 +113,7 @@ class TokenMemory(nn.Module):
         return self.writer(torch.cat([memory, inputs, outputs], dim=1) + self.write_embedding)
 
 
-class LinkedMemory(nn.Module):
+class LinkedMemory(_ExternalMemory):
     """LMTTM linked memory: ``memory_units`` units of ``memory_tokens // memory_units`` tokens on a ring.
 
     At step ``t`` the pointer is ``j = t mod k``.
@@ -130,29 +147,26 @@ class LinkedMemory(nn.Module):
         dropout: float = 0.0,
         memory_init: str = "learned",
     ) -> None:
-        super().__init__()
-        _check_common(dim, memory_tokens, input_tokens, read_tokens, memory_init)
+        _check_sizes(dim=dim, memory_tokens=memory_tokens, input_tokens=input_tokens, read_tokens=read_tokens)
         if memory_units < 1 or memory_tokens % memory_units != 0:
             raise ValueError(
                 f"memory_units must be a positive divisor of memory_tokens, got memory_units={memory_units} "
                 f"and memory_tokens={memory_tokens}."
             )
-        self.memory_units = memory_units
-        self.unit_tokens = memory_tokens // memory_units
-        self.num_read_tokens = 3 * read_tokens
-        self.learn_initial_memory = memory_init == "learned"
-        self.initial = nn.Parameter(
-            torch.randn(memory_units, self.unit_tokens, dim) * 0.02, requires_grad=self.learn_initial_memory
+        unit_tokens = memory_tokens // memory_units
+        super().__init__(
+            dim,
+            (memory_units, unit_tokens),
+            read_length=unit_tokens + input_tokens,
+            read_tokens=read_tokens,
+            write_length=3 * unit_tokens + input_tokens + 3 * read_tokens,
+            write_tokens=unit_tokens,
+            dropout=dropout,
+            memory_init=memory_init,
         )
-        if not self.learn_initial_memory:
-            nn.init.zeros_(self.initial)
-        self.read_embedding = _positional_embedding(self.unit_tokens + input_tokens, dim)
-        self.write_embedding = _positional_embedding(3 * self.unit_tokens + input_tokens + 3 * read_tokens, dim)
-        self.reader = TokenLearner(dim, read_tokens, dropout=dropout)
-        self.writer = TokenLearner(dim, self.unit_tokens, dropout=dropout)
-
-    def initial_memory(self, batch_size: int) -> torch.Tensor:
-        return self.initial.unsqueeze(0).expand(batch_size, -1, -1, -1)
+        self.memory_units = memory_units
+        self.unit_tokens = unit_tokens
+        self.num_read_tokens = 3 * read_tokens
 
     def neighbours(self, step: int) -> tuple[int, int, int]:
         """Units ``(j - 1, j, j + 1)`` around the pointer ``j = step mod k``."""
