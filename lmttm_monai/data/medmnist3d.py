@@ -9,7 +9,6 @@ Class count, label names and task type also come from ``INFO``, so changing data
 
 from __future__ import annotations
 
-import logging
 import os
 import zipfile
 from collections.abc import Callable, Sequence
@@ -41,7 +40,6 @@ MEDMNIST_3D_NAMES = (
 MEDMNIST_SIZES = (28, 64)
 SPLITS = ("train", "val", "test")
 
-logger = logging.getLogger(__name__)
 
 
 def _info() -> dict[str, Any]:
