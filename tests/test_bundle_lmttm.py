@@ -112,15 +112,17 @@ def test_inference_on_a_folder_skips_bad_volumes_and_finishes_the_rest(run_dirs,
     assert [Path(r[0]).name for r in rows] == ["case_a.nii.gz", "case_b.npy"]
 
 
-def test_ttm_overlay_trains_the_ttm_ablation(medmnist_dir, tmp_path):
+def test_ttm_overlay_trains_the_ttm_ablation_and_exports(medmnist_dir, tmp_path):
+    ttm = str(CONFIGS / "ttm.json")
     log = bundle(
-        "run", "training", "--config_file", config_list(TRAIN, str(CONFIGS / "ttm.json")),
+        "run", "training", "--config_file", config_list(TRAIN, ttm),
         "--dataset_dir", str(medmnist_dir), "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
         *QUICK,
     )
     assert "val_auc" in log
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert state["memory.initial"].ndim == 2  # TTM: one memory of m tokens, not k linked units
+    assert_export_matches_eager(tmp_path / "models", INFERENCE, ttm)
 
 
 def test_default_dataset_dir_and_bundle_root_work_from_the_repository_root(medmnist_dir, tmp_path, monkeypatch):
@@ -151,29 +153,35 @@ def test_metadata_passes_verify_metadata_against_the_offline_schema():
     bundle("verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"), "--filepath", str(SCHEMA))
 
 
-def test_network_passes_verify_net_in_out():
+@pytest.mark.parametrize("overlay", [[], [str(CONFIGS / "ttm.json")]], ids=["lmttm", "ttm"])
+def test_network_passes_verify_net_in_out(overlay):
     bundle(
         "verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
-        "--config_file", INFERENCE, "--n", "2",
+        "--config_file", config_list(INFERENCE, *overlay), "--n", "2",
     )
 
 
-def test_ckpt_export_writes_torchscript_with_the_eager_logits(run_dirs):
-    root, _, _ = run_dirs
-    ts_path = root / "models" / "model.ts"
+def assert_export_matches_eager(models: Path, *configs: str) -> None:
+    """``ckpt_export`` the checkpoint in ``models`` and check the TorchScript logits against the eager network."""
+    ts_path = models / "model.ts"
     bundle(
-        "ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(root / "models" / "model.pt"),
-        "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", INFERENCE,
+        "ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(models / "model.pt"),
+        "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", config_list(*configs),
     )
     parser = ConfigParser()
-    parser.read_config(INFERENCE)
+    parser.read_config(list(configs))
     net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
+    net.load_state_dict(torch.load(models / "model.pt", map_location="cpu", weights_only=True))
     net.eval()
     exported = torch.jit.load(str(ts_path)).eval()
     x = torch.rand(3, 1, 28, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(exported(x), net(x))
+
+
+def test_ckpt_export_writes_torchscript_with_the_eager_logits(run_dirs):
+    root, _, _ = run_dirs
+    assert_export_matches_eager(root / "models", INFERENCE)
 
 
 def test_two_process_gloo_training_uses_disjoint_shards_and_only_rank_0_writes(medmnist_dir, tmp_path):
