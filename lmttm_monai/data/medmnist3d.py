@@ -41,7 +41,6 @@ MEDMNIST_SIZES = (28, 64)
 SPLITS = ("train", "val", "test")
 
 
-
 def _info() -> dict[str, Any]:
     try:
         from medmnist.info import INFO
