@@ -14,6 +14,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LMTTM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 MEDMNIST_DIR = SHARED_DATA / "medmnist"
+HIPPOCAMPUS_DIR = SHARED_DATA / "Task04_Hippocampus"
+DRIVE_DIR = SHARED_DATA / "DRIVE"
 
 
 def require_path(path: Path) -> Path:
@@ -31,3 +33,15 @@ def medmnist_dir() -> Path:
     require_path(MEDMNIST_DIR / "adrenalmnist3d.npz")
     require_path(MEDMNIST_DIR / "adrenalmnist3d_64.npz")
     return MEDMNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def hippocampus_dir() -> Path:
+    """Decathlon Task04_Hippocampus folder (dataset.json, imagesTr, labelsTr)."""
+    return require_path(HIPPOCAMPUS_DIR / "dataset.json").parent
+
+
+@pytest.fixture(scope="session")
+def drive_dir() -> Path:
+    """DRIVE folder (training/ and test/ with images, 1st_manual and mask)."""
+    return require_path(DRIVE_DIR / "training" / "images").parents[1]

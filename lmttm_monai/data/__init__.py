@@ -7,15 +7,21 @@ from lmttm_monai.data.medmnist3d import (
     medmnist_info,
     medmnist_npz_path,
 )
-from lmttm_monai.data.volumes import volume_datalist
+from lmttm_monai.data.segmentation import SPLITS, ValidateSegmentationd, decathlon_datalist, source_name
+from lmttm_monai.data.volumes import image_datalist, volume_datalist
 
 __all__ = [
     "MEDMNIST_3D_NAMES",
     "MEDMNIST_SIZES",
     "MedMNIST3DDataset",
+    "SPLITS",
+    "ValidateSegmentationd",
+    "decathlon_datalist",
     "default_dataset_dir",
+    "image_datalist",
     "load_medmnist3d",
     "medmnist_info",
     "medmnist_npz_path",
+    "source_name",
     "volume_datalist",
 ]

@@ -1,4 +1,4 @@
-"""Data lists of user volumes (NIfTI or NumPy) for inference, with bad files skipped and reported."""
+"""Data lists of user images (3D volumes or 2D pictures) for inference, with bad files skipped and reported."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import os
 
 from monai.transforms import LoadImage
 
-__all__ = ["volume_datalist", "VOLUME_SUFFIXES"]
+__all__ = ["volume_datalist", "image_datalist", "VOLUME_SUFFIXES", "IMAGE_2D_SUFFIXES"]
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".npy")
+IMAGE_2D_SUFFIXES = (".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".nii", ".nii.gz", ".npy")
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +23,31 @@ def volume_datalist(folder: str | os.PathLike) -> list[dict[str, str]]:
     warning that names it, and the rest of the batch still runs. Raises ``FileNotFoundError`` when the folder
     is missing or holds no readable volume.
     """
+    return image_datalist(folder, spatial_dims=3)
+
+
+def _shape_fits(shape: tuple[int, ...], spatial_dims: int) -> bool:
+    if spatial_dims == 3:
+        return len(shape) == 3
+    # a 2D picture: grey (H, W) or channel-last grey/RGB/RGBA (H, W, C) as the readers return it
+    return len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4))
+
+
+def image_datalist(folder: str | os.PathLike, spatial_dims: int = 3) -> list[dict[str, str]]:
+    """``[{"image": path}, ...]`` for every readable ``spatial_dims``-D image in ``folder``, sorted by name.
+
+    3D: single-channel volumes (``.nii``, ``.nii.gz``, ``.npy``). 2D: grey or RGB pictures (``.png``, ``.tif``,
+    ``.gif``, ``.jpg``, or 2D NIfTI/NumPy). An unreadable file, or one of the wrong dimensionality, is skipped
+    with a warning that names it. Raises ``FileNotFoundError`` when the folder is missing or holds no usable
+    image, ``ValueError`` for a ``spatial_dims`` other than 2 or 3.
+    """
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"inference folder {folder} does not exist.")
-    paths = sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.endswith(VOLUME_SUFFIXES))
+    suffixes = VOLUME_SUFFIXES if spatial_dims == 3 else IMAGE_2D_SUFFIXES
+    paths = sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(suffixes))
     loader = LoadImage(image_only=True)
     items, skipped = [], []
     for path in paths:
@@ -33,16 +55,17 @@ def volume_datalist(folder: str | os.PathLike) -> list[dict[str, str]]:
             shape = tuple(loader(path).shape)
         except Exception as e:  # any reader error means this one file is unusable
             skipped.append(path)
-            logger.warning("skipping %s: cannot be read as a volume (%s: %s)", path, type(e).__name__, e)
+            logger.warning("skipping %s: cannot be read as an image (%s: %s)", path, type(e).__name__, e)
             continue
-        if len(shape) != 3:
+        if not _shape_fits(shape, spatial_dims):
             skipped.append(path)
-            logger.warning("skipping %s: expected a 3D single-channel volume, got shape %s", path, shape)
+            kind = "3D single-channel volume" if spatial_dims == 3 else "2D grey or RGB image"
+            logger.warning("skipping %s: expected a %s, got shape %s", path, kind, shape)
             continue
         items.append({"image": path})
     if not items:
         raise FileNotFoundError(
-            f"no readable 3D volume ({', '.join(VOLUME_SUFFIXES)}) in {folder}"
+            f"no readable {'3D volume' if spatial_dims == 3 else '2D image'} ({', '.join(suffixes)}) in {folder}"
             + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else "")
             + "."
         )
