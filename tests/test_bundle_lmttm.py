@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -16,40 +13,16 @@ import torch
 from medmnist import Evaluator
 from monai.bundle import ConfigParser
 
-from conftest import REPO_ROOT, SHARED_DATA, require_path
+from bundle_helpers import SCHEMA, bundle, config_list, read_rows
+from conftest import REPO_ROOT, require_path
 
 BUNDLE = REPO_ROOT / "bundles" / "lmttm"
 CONFIGS = BUNDLE / "configs"
 TRAIN, EVALUATE, INFERENCE = (str(CONFIGS / f"{n}.json") for n in ("train", "evaluate", "inference"))
-SCHEMA = SHARED_DATA.parent / "schema" / "meta_schema_20240725.json"
 # quick runs: 2 iterations of 8 volumes per epoch; validation, evaluation and inference still cover whole splits
 QUICK = ["--epochs", "1", "--batch_size", "8", "--num_workers", "0", "--train#trainer#epoch_length", "2"]
 
 pytestmark = pytest.mark.slow
-
-
-def bundle(*args: str, cwd: Path = REPO_ROOT, module: str = "monai.bundle", env: dict | None = None) -> str:
-    """Run ``python -m monai.bundle ARGS`` and return its output; fail the test with the output on error."""
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=900,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
-    return output
-
-
-def config_list(*files: str) -> str:
-    return json.dumps(list(files))
-
-
-def read_rows(path: Path) -> list[list[str]]:
-    with open(path, newline="") as f:
-        return [row for row in csv.reader(f) if row]
 
 
 @pytest.fixture(scope="module")

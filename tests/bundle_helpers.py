@@ -1,0 +1,46 @@
+"""Helpers shared by the bundle tests: run ``python -m monai.bundle`` in a subprocess, read its outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO_ROOT, SHARED_DATA
+
+SCHEMA = SHARED_DATA.parent / "schema" / "meta_schema_20240725.json"
+
+
+def bundle(*args: str, cwd: Path = REPO_ROOT, module: str = "monai.bundle", env: dict | None = None) -> str:
+    """Run ``python -m monai.bundle ARGS`` and return its output; fail the test with the output on error."""
+    result = run_module(*args, cwd=cwd, module=module, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    return output
+
+
+def run_module(
+    *args: str, cwd: Path = REPO_ROOT, module: str = "monai.bundle", env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``python -m MODULE ARGS`` and return the finished process, whatever its exit status."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=1200,
+    )
+
+
+def config_list(*files: str) -> str:
+    """The ``--config_file`` value that merges ``files`` left to right."""
+    return json.dumps(list(files))
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    with open(path, newline="") as f:
+        return [row for row in csv.reader(f) if row]
