@@ -1,0 +1,289 @@
+"""MONAI's ViT / UNETR and SwinUNETR with Memory-Attention (MAM) in place of self-attention.
+
+Each network here is MONAI's own class, built by MONAI's constructor, whose attention modules are then given
+the memory ``forward`` of :mod:`lmttm_monai.networks.blocks.memory_attention`. Nothing else changes: every
+parameter keeps its name and shape, so a MONAI ``UNETR`` / ``SwinUNETR`` state dict (BTCV, self-supervised
+Swin weights through ``load_from``, or your own) loads with ``strict=True``, and ``transmission="none"``
+reproduces MONAI's network exactly.
+
+Transmission strategies (who hands memory to whom):
+
+- ``"sts"``, Sequential Transmission Strategy: one memory chain through all transformer blocks. The default
+  for ViT / UNETR, whose token grid never changes. On SwinUNETR it is an ablation: the memory leaving a stage
+  is resampled to the next stage's grid and width by :class:`MemoryResample` (new, learned parameters).
+- ``"ists"``, In-Stage Transmission Strategy: one chain per Swin stage, emptied at each patch-merging
+  boundary, kept per window and head and following the cyclic shift. The default for SwinUNETR.
+- ``"none"``: plain self-attention, MONAI's network.
+
+The memory lives in the encoder only, as in the authors' best configuration (memory in the decoder did not help).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import torch
+from monai.networks.blocks import SABlock, TransformerBlock
+from monai.networks.nets import UNETR, ViT, SwinUNETR
+from monai.networks.nets.swin_unetr import BasicLayer, SwinTransformer, SwinTransformerBlock, WindowAttention
+from torch import nn
+
+from lmttm_monai.networks.blocks.memory_attention import (
+    MemoryBasicLayer,
+    MemoryResample,
+    MemorySABlock,
+    MemorySwinTransformerBlock,
+    MemoryTransformerBlock,
+    MemoryWindowAttention,
+)
+
+__all__ = [
+    "TRANSMISSIONS",
+    "MemorySwinTransformer",
+    "MemorySwinUNETR",
+    "MemoryUNETR",
+    "MemoryViT",
+    "load_self_attention_weights",
+    "to_memory_attention",
+]
+
+TRANSMISSIONS = ("sts", "ists", "none")
+
+
+def _check_transmission(transmission: str, allowed: tuple[str, ...], owner: str) -> str:
+    if transmission not in allowed:
+        raise ValueError(f"{owner}: transmission must be one of {allowed}, got {transmission!r}.")
+    return transmission
+
+
+class MemoryViT(ViT):
+    """MONAI ``ViT`` with one Memory-Attention chain through its transformer blocks.
+
+    Same constructor as :class:`monai.networks.nets.ViT` plus ``transmission`` (``"sts"`` or ``"none"``).
+    ``forward(x)`` returns ``(x, hidden_states_out)`` as ``ViT`` does; ``x``: ``[B, in_channels, *img_size]``.
+    """
+
+    def __init__(self, *args, transmission: str = "sts", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _convert_modules(self)
+        self.transmission = _check_transmission(transmission, ("sts", "none"), type(self).__name__)
+
+    def forward(self, x):
+        x = self.patch_embedding(x)
+        if hasattr(self, "cls_token"):
+            x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        chain = self.transmission == "sts"
+        memory: Optional[torch.Tensor] = None  # noqa: UP045
+        hidden_states_out = []
+        for block in self.blocks:
+            x, block_memory = block(x, memory)
+            memory = block_memory if chain else None
+            hidden_states_out.append(x)
+        x = self.norm(x)
+        if hasattr(self, "classification_head"):
+            x = self.classification_head(x[:, 0])
+        return x, hidden_states_out
+
+
+class MemoryUNETR(UNETR):
+    """MONAI ``UNETR`` whose ViT encoder uses Memory-Attention (STS by default), for 2D and 3D.
+
+    Same constructor as :class:`monai.networks.nets.UNETR` (``in_channels, out_channels, img_size, ...,
+    spatial_dims``) plus ``transmission``: ``"sts"`` (one memory chain through the 12 transformer blocks) or
+    ``"none"`` (MONAI's UNETR). Zero extra parameters. ``forward``: ``[B, in_channels, *img_size]`` ->
+    ``[B, out_channels, *img_size]``.
+    """
+
+    def __init__(self, *args, transmission: str = "sts", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _check_transmission(transmission, ("sts", "none"), type(self).__name__)
+        _convert_modules(self)
+        self.vit.transmission = transmission
+
+    @property
+    def transmission(self) -> str:
+        return self.vit.transmission
+
+
+class MemorySwinTransformer(SwinTransformer):
+    """SwinUNETR's ``SwinTransformer`` encoder with Memory-Attention stages.
+
+    Same constructor as :class:`monai.networks.nets.swin_unetr.SwinTransformer` plus ``transmission``
+    (``"ists"``, ``"sts"`` or ``"none"``). ``forward(x, normalize=True)`` returns the five feature maps as MONAI does.
+    """
+
+    def __init__(self, *args, transmission: str = "ists", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _convert_modules(self)
+        _set_swin_transmission(self, transmission)
+
+    def _stages(self) -> list[nn.Module]:
+        return [self.layers1[0], self.layers2[0], self.layers3[0], self.layers4[0]]
+
+    def _stage_convs(self) -> list[nn.Module]:
+        if not self.use_v2:
+            return []
+        return [self.layers1c[0], self.layers2c[0], self.layers3c[0], self.layers4c[0]]
+
+    def forward(self, x, normalize: bool = True):
+        x = self.pos_drop(self.patch_embed(x))
+        outputs = [self.proj_out(x, normalize)]
+        convs = self._stage_convs()
+        memory: Optional[torch.Tensor] = None  # noqa: UP045
+        for i, stage in enumerate(self._stages()):
+            if convs:
+                x = convs[i](x.contiguous())
+            if self.transmission == "sts" and memory is not None:
+                memory = self.memory_resample[i - 1](memory)
+            elif self.transmission != "sts":
+                memory = None  # ISTS: each stage starts an empty chain
+            x, memory = stage(x.contiguous(), memory, self.transmission != "none")
+            outputs.append(self.proj_out(x, normalize))
+        return outputs
+
+
+class MemorySwinUNETR(SwinUNETR):
+    """MONAI ``SwinUNETR`` whose Swin encoder uses Memory-Attention (ISTS by default), for 2D and 3D.
+
+    Same constructor as :class:`monai.networks.nets.SwinUNETR` plus ``transmission``:
+
+    - ``"ists"``: a memory chain per stage, emptied at each patch merging; zero extra parameters.
+    - ``"sts"``: one chain through all stages, resampled between stages by learned :class:`MemoryResample`
+      modules (the ablation of the paper; adds ``swinViT.memory_resample.*`` parameters).
+    - ``"none"``: MONAI's SwinUNETR.
+
+    ``forward``: ``[B, in_channels, *spatial]`` -> ``[B, out_channels, *spatial]``, each spatial size divisible
+    by ``patch_size ** 5`` (32 by default), as for SwinUNETR. Pretrained self-supervised Swin weights load with
+    the inherited ``load_from``.
+    """
+
+    def __init__(self, *args, transmission: str = "ists", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _convert_modules(self)
+        _set_swin_transmission(self.swinViT, transmission)
+
+    @property
+    def transmission(self) -> str:
+        return self.swinViT.transmission
+
+
+# MONAI class -> memory class. The memory classes add no state of their own, so converting a built module
+# only changes which ``forward`` it runs; MONAI's constructors (and their defaults and checks) stay the one
+# source of truth for the architecture.
+_MEMORY_CLASSES: dict[type, type] = {
+    SABlock: MemorySABlock,
+    TransformerBlock: MemoryTransformerBlock,
+    ViT: MemoryViT,
+    UNETR: MemoryUNETR,
+    WindowAttention: MemoryWindowAttention,
+    SwinTransformerBlock: MemorySwinTransformerBlock,
+    BasicLayer: MemoryBasicLayer,
+    SwinTransformer: MemorySwinTransformer,
+    SwinUNETR: MemorySwinUNETR,
+}
+
+
+def _convert_modules(root: nn.Module) -> None:
+    for module in root.modules():
+        if isinstance(module, BasicLayer) and module.use_hyena:
+            raise ValueError("Memory-Attention needs windowed self-attention: build the network with use_hyena=False.")
+        memory_class = _MEMORY_CLASSES.get(type(module))
+        if memory_class is not None:
+            module.__class__ = memory_class
+
+
+def _set_swin_transmission(swin: SwinTransformer, transmission: str) -> None:
+    _check_transmission(transmission, TRANSMISSIONS, type(swin).__name__)
+    swin.transmission = transmission
+    if transmission == "sts" and not hasattr(swin, "memory_resample"):
+        spatial_dims = len(swin.window_size)
+        swin.memory_resample = nn.ModuleList(
+            MemoryResample(spatial_dims, int(swin.embed_dim * 2**i)) for i in range(swin.num_layers - 1)
+        )
+
+
+def to_memory_attention(network: nn.Module, transmission: str | None = None) -> nn.Module:
+    """Turn a built MONAI ``ViT``, ``UNETR``, ``SwinTransformer`` or ``SwinUNETR`` into its Memory-Attention
+    variant, in place, keeping its weights; returns the same object.
+
+    Use it on a network that already holds pretrained self-attention weights (however they were loaded)::
+
+        net = monai.networks.nets.SwinUNETR(in_channels=1, out_channels=14, feature_size=48)
+        net.load_from(torch.load("model_swinvit.pt"))        # MONAI's self-supervised Swin weights
+        net = to_memory_attention(net)                        # now a MemorySwinUNETR, transmission "ists"
+
+    ``transmission`` defaults to ``"sts"`` for ViT/UNETR and ``"ists"`` for Swin. ``"sts"`` on Swin adds fresh
+    :class:`MemoryResample` modules (the only new parameters), placed on the network's device.
+    """
+    if not isinstance(network, (ViT, UNETR, SwinTransformer, SwinUNETR)):
+        raise TypeError(f"expected a MONAI ViT, UNETR, SwinTransformer or SwinUNETR, got {type(network).__name__}.")
+    is_swin = isinstance(network, (SwinTransformer, SwinUNETR))
+    transmission = transmission or ("ists" if is_swin else "sts")
+    _check_transmission(transmission, TRANSMISSIONS if is_swin else ("sts", "none"), type(network).__name__)
+    _convert_modules(network)
+    if is_swin:
+        swin = network.swinViT if isinstance(network, SwinUNETR) else network
+        _set_swin_transmission(swin, transmission)
+        parameter = next(network.parameters())
+        swin.to(device=parameter.device)
+    else:
+        vit = network.vit if isinstance(network, UNETR) else network
+        vit.transmission = transmission
+    return network
+
+
+def _state_dict_of(checkpoint: Any, source: str) -> Mapping[str, torch.Tensor]:
+    """The state dict inside a loaded checkpoint: a bare state dict, or one under a usual key."""
+    if isinstance(checkpoint, nn.Module):
+        return checkpoint.state_dict()
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{source}: expected a state dict or a checkpoint dict, got {type(checkpoint).__name__}.")
+    for key in ("state_dict", "model", "network", "net"):
+        inner = checkpoint.get(key)
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            return inner
+    if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return checkpoint
+    raise ValueError(f"{source}: no state dict found (looked at the top level and at 'state_dict', 'model', 'net').")
+
+
+def load_self_attention_weights(
+    network: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any], strict: bool = True
+) -> nn.Module:
+    """Load a pretrained MONAI ``UNETR`` / ``SwinUNETR`` checkpoint into a Memory-Attention network.
+
+    ``checkpoint`` is a path (``torch.load``-able) or an already loaded dict: a bare state dict, or a dict with it
+    under ``state_dict`` / ``model`` / ``network`` / ``net`` (model-zoo and MONAI ``CheckpointSaver`` files);
+    a ``module.`` prefix left by DataParallel/DDP is removed. Because Memory-Attention keeps every parameter
+    name, nothing is renamed. With ``transmission="sts"`` on Swin the checkpoint cannot hold the new
+    ``swinViT.memory_resample.*`` parameters: those are allowed to be missing (they keep their initialisation)
+    and every other key is still checked when ``strict``. Raises ``ValueError`` naming the file on any
+    other missing or unexpected key.
+    """
+    source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint"
+    if isinstance(checkpoint, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"{source}: checkpoint file not found.")
+        checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    state = dict(_state_dict_of(checkpoint, source))
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    try:
+        result = network.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches raise even when not strict; keep the first one, name the file
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e)[:300])
+        raise ValueError(
+            f"{source}: does not fit {type(network).__name__}: {detail} (were network arguments such as "
+            "feature_size, hidden_size or spatial_dims the same as for the checkpoint?)"
+        ) from None
+    missing = [k for k in result.missing_keys if ".memory_resample." not in f".{k}"]
+    if strict and (missing or result.unexpected_keys):
+        raise ValueError(
+            f"{source}: does not match {type(network).__name__}: missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {result.unexpected_keys[:5]}"
+            f"{'...' if len(result.unexpected_keys) > 5 else ''} (were network arguments such as feature_size, "
+            "hidden_size or spatial_dims the same as for the checkpoint?)."
+        )
+    return network
