@@ -14,12 +14,14 @@ from monai.utils import ComponentStore
 
 from lmttm_monai.networks import blocks, nets
 from lmttm_monai.networks.nets import LMTTM, TTM, MemorySwinUNETR, MemoryUNETR
+from lmttm_monai.networks.nets import SALSTMUNet
 
 __all__ = ["NETWORKS", "get_network", "blocks", "nets"]
 
 NETWORKS = ComponentStore("lmttm_monai networks", "Networks provided by lmttm_monai, by registry name.")
 NETWORKS.add("lmttm", "Linked Memory Token Turing Machine (Wei et al., CMPB 2025)", LMTTM)
 NETWORKS.add("ttm", "Token Turing Machine (Ryoo et al., CVPR 2023)", TTM)
+NETWORKS.add("salstm_unet", "U-shaped CNN with SALSTM / LSTMSA over adjacent slices (Ji et al., TIP 2024)", SALSTMUNet)
 NETWORKS.add("memory_unetr", "MONAI UNETR with Memory-Attention (MAM), Sequential Transmission Strategy", MemoryUNETR)
 NETWORKS.add("memory_swin_unetr", "MONAI SwinUNETR with Memory-Attention (MAM), In-Stage Transmission", MemorySwinUNETR)
 

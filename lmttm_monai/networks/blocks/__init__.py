@@ -1,3 +1,12 @@
+from lmttm_monai.networks.blocks.conv_lstm import ConvLSTMCell, ConvLSTMState
+from lmttm_monai.networks.blocks.lstm_attention import (
+    LSTM_ATTENTIONS,
+    LSTMSAAttention,
+    SALSTMAttention,
+    SelfAttentionLSTM,
+    channel_attention,
+)
+from lmttm_monai.networks.blocks.memory import LinkedMemory, TokenMemory
 from lmttm_monai.networks.blocks.memory_attention import (
     MemoryBasicLayer,
     MemoryResample,
@@ -18,3 +27,5 @@ __all__ += [
     "MemoryTransformerBlock",
     "MemoryWindowAttention",
 ]
+__all__ += ["ConvLSTMCell", "ConvLSTMState", "LSTM_ATTENTIONS", "LSTMSAAttention", "SALSTMAttention"]
+__all__ += ["SelfAttentionLSTM", "channel_attention"]

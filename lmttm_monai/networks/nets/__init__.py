@@ -7,6 +7,7 @@ from lmttm_monai.networks.nets.memory_attention import (
     load_self_attention_weights,
     to_memory_attention,
 )
+from lmttm_monai.networks.nets.salstm_unet import SALSTM_ATTENTIONS, SALSTMUNet
 from lmttm_monai.networks.nets.token_turing_machine import LMTTM, TTM, TokenTuringMachine
 
 __all__ = ["LMTTM", "TTM", "TokenTuringMachine"]
@@ -19,3 +20,4 @@ __all__ += [
     "load_self_attention_weights",
     "to_memory_attention",
 ]
+__all__ += ["SALSTM_ATTENTIONS", "SALSTMUNet"]

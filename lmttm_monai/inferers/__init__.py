@@ -1,0 +1,3 @@
+from lmttm_monai.inferers.adjacent_slice import AdjacentSliceInferer
+
+__all__ = ["AdjacentSliceInferer"]
