@@ -3,7 +3,7 @@
 from lmttm_monai import data, metrics, networks
 from lmttm_monai import inferers, transforms
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["data", "metrics", "networks", "__version__"]
 __all__ += ["inferers", "transforms"]

@@ -1,0 +1,129 @@
+"""Cost of Memory-Attention against self-attention: same network, same weights, same input, one process.
+
+For each configuration the MONAI network (``transmission="none"``, bit-identical to MONAI's class) and its
+Memory-Attention variant (STS for UNETR, ISTS for SwinUNETR) run forward + backward in interleaved rounds
+(A, B, B, A, ...) so drift in machine load hits both alike. Reported: median wall time per step and the ratio,
+parameter counts, and peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the bytes of the
+tensors autograd saves for backward (activation memory, which dominates training memory and is what an extra
+per-block tensor would grow).
+
+    python benchmarks/mam_cost.py                      # all configurations, CPU or the first GPU
+    python benchmarks/mam_cost.py --configs unetr2d --repeats 20
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import fire
+import torch
+
+from lmttm_monai.networks.nets import MemorySwinUNETR, MemoryUNETR
+
+CONFIGS = {
+    # MONAI's UNETR defaults (hidden 768, 12 heads, 12 blocks), 3D
+    "unetr3d": (MemoryUNETR, {"in_channels": 1, "out_channels": 3, "img_size": (64, 64, 64)}, (1, 1, 64, 64, 64)),
+    # the mam_unetr bundle's 2D network
+    "unetr2d": (
+        MemoryUNETR,
+        {"in_channels": 3, "out_channels": 2, "img_size": (96, 96), "feature_size": 16, "hidden_size": 192,
+         "mlp_dim": 768, "num_heads": 4, "spatial_dims": 2},
+        (4, 3, 96, 96),
+    ),  # fmt: skip
+    # MONAI's SwinUNETR defaults (feature 24), 3D
+    "swinunetr3d": (MemorySwinUNETR, {"in_channels": 1, "out_channels": 3, "feature_size": 24}, (1, 1, 64, 64, 64)),
+    "swinunetr2d": (
+        MemorySwinUNETR,
+        {"in_channels": 3, "out_channels": 2, "feature_size": 24, "spatial_dims": 2},
+        (4, 3, 128, 128),
+    ),
+}
+
+
+class SavedTensorBytes:
+    """Bytes of the tensors autograd saves for backward during a forward pass (distinct storages once)."""
+
+    def __init__(self) -> None:
+        self.storages: dict[int, int] = {}
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        self.storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    @property
+    def total(self) -> int:
+        return sum(self.storages.values())
+
+
+def step(net: torch.nn.Module, x: torch.Tensor, device: torch.device) -> tuple[float, int]:
+    """One forward + backward; returns seconds and peak memory bytes (see the module docstring)."""
+    net.zero_grad(set_to_none=True)
+    saved = SavedTensorBytes()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
+        loss = net(x).float().square().mean()
+    loss.backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return time.perf_counter() - start, torch.cuda.max_memory_allocated()
+    return time.perf_counter() - start, saved.total
+
+
+def compare(name: str, repeats: int, warmup: int, device: torch.device) -> dict:
+    cls, kwargs, shape = CONFIGS[name]
+    torch.manual_seed(0)
+    memory_net = cls(**kwargs).to(device)
+    plain_net = cls(**kwargs, transmission="none").to(device)
+    plain_net.load_state_dict(memory_net.state_dict())
+    x = torch.randn(*shape, device=device)
+    nets = {"self-attention": plain_net, "memory-attention": memory_net}
+    times: dict[str, list[float]] = {k: [] for k in nets}
+    peaks: dict[str, int] = dict.fromkeys(nets, 0)
+    for i in range(warmup + repeats):
+        order = list(nets) if i % 2 == 0 else list(reversed(nets))
+        for key in order:
+            seconds, peak = step(nets[key], x, device)
+            if i >= warmup:
+                times[key].append(seconds)
+                peaks[key] = max(peaks[key], peak)
+    plain_t, memory_t = (statistics.median(times[k]) for k in nets)
+    return {
+        "config": name,
+        "input": "x".join(map(str, shape)),
+        "params (SA / MAM)": f"{sum(p.numel() for p in plain_net.parameters()):,} / "
+        f"{sum(p.numel() for p in memory_net.parameters()):,}",
+        "median step SA (s)": f"{plain_t:.4f}",
+        "median step MAM (s)": f"{memory_t:.4f}",
+        "time ratio": f"{memory_t / plain_t:.3f}",
+        "peak memory ratio": f"{peaks['memory-attention'] / peaks['self-attention']:.3f}",
+    }
+
+
+def main(configs: str | tuple = tuple(CONFIGS), repeats: int = 10, warmup: int = 2, device: str = "") -> None:
+    """Print a markdown table, one row per configuration (``configs``: names from ``CONFIGS``)."""
+    names = [configs] if isinstance(configs, str) else list(configs)
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown configuration(s) {unknown}; choose from {list(CONFIGS)}.")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    label = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"Memory-Attention vs self-attention, forward+backward, {repeats} interleaved rounds, {label}, "
+          f"torch {torch.__version__}")  # fmt: skip
+    rows = []
+    for name in names:
+        rows.append(compare(name, repeats, warmup, dev))
+        print(f"  done: {name}", flush=True)
+    header = list(rows[0])
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row[h] for h in header) + " |")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
