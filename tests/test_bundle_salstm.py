@@ -10,11 +10,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_helpers import SCHEMA, bundle, config_list, read_rows, run_module
+from conftest import REPO_ROOT, require_path
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 
-from bundle_helpers import SCHEMA, bundle, config_list, read_rows, run_module
-from conftest import REPO_ROOT, require_path
 from lmttm_monai.data import decathlon_datalist
 
 BUNDLE = REPO_ROOT / "bundles" / "salstm"
@@ -233,3 +233,17 @@ def test_the_bundle_command_reports_the_bad_file_and_exits_nonzero(real_case, tm
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "bad_002.nii.gz" in output and "does not match image" in output
+
+
+def test_two_process_gloo_training_runs_and_only_rank_0_writes(hippocampus_dir, tmp_path):
+    bundle(
+        "--standalone", "--nnodes", "1", "--nproc_per_node", "2", "-m", "monai.bundle", "run", "training",
+        "--config_file", config_list(TRAIN, str(CONFIGS / "multi_gpu_train.json")),
+        "--dataset_dir", str(hippocampus_dir), "--ckpt_dir", str(tmp_path / "models"),
+        "--output_dir", str(tmp_path / "eval"), *QUICK,
+        module="torch.distributed.run",
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["model.pt"]
+    # rank 0 alone logs to TensorBoard: one writer for training and one for validation
+    assert len(list((tmp_path / "eval").glob("events.out.tfevents.*"))) == 2
