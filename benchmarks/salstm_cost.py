@@ -76,10 +76,22 @@ def saved_tensor_bytes(net: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-def flops(net: torch.nn.Module, x: torch.Tensor) -> int:
+PARTS = {
+    "U-Net": ("unet",),
+    "ConvLSTM cells": ("forward_lstm.cell", "reverse_lstm.cell"),
+    "attention": ("forward_lstm.attention", "reverse_lstm.attention"),
+    "head": ("head",),
+}
+
+
+def flops(net: torch.nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]:
+    """Floating-point operations of one training step, in total and per part of the network."""
     with FlopCounterMode(display=False) as counter:
         step(net, x)
-    return counter.get_total_flops()
+    by_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    prefix = type(net).__name__
+    parts = {part: sum(by_module.get(f"{prefix}.{m}", 0) for m in modules) for part, modules in PARTS.items()}
+    return counter.get_total_flops(), parts
 
 
 def _status_kib(field: str) -> int:
@@ -149,9 +161,11 @@ def main(argv: list[str] | None = None) -> dict:
             times[name].append(time.perf_counter() - start)
     results: dict[str, dict[str, float]] = {}
     for name, net in nets.items():
+        total, parts = flops(net, x)
         row = {
             "time_s": statistics.median(times[name]),
-            "gflops": flops(net, x) / 1e9,
+            "gflops": total / 1e9,
+            **{f"gflops {part}": n / 1e9 for part, n in parts.items()},
             "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
             "saved_mib": saved_tensor_bytes(net, x) / 2**20,
         }
@@ -185,6 +199,11 @@ def main(argv: list[str] | None = None) -> dict:
             f"{r['gflops'] / ref['gflops']:.2f} | {r['saved_mib']:.0f} | {r['saved_mib'] / ref['saved_mib']:.2f} | "
             f"{r['peak_mib']:.0f} | {r['peak_mib'] / ref['peak_mib']:.2f} | {r['params_m']:.3f} |"
         )
+    print("\nGFLOPs of one training step by part (forward and reverse LSTM together):\n")
+    print("| attention | " + " | ".join(PARTS) + " |")
+    print("|---|" + "---|" * len(PARTS))
+    for name in VARIANTS:
+        print(f"| {name} | " + " | ".join(f"{results[name][f'gflops {part}']:.3f}" for part in PARTS) + " |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=2)

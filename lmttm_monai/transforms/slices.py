@@ -41,6 +41,9 @@ def _plain(x) -> torch.Tensor:
 class RandAdjacentSlicesd(Randomizable, Transform, MultiSampleTrait):
     """Draw ``num_samples`` slices of a channel-first 3D volume, each with its adjacent slices as channels.
 
+    The 2.5D training input of SALSTM / LSTMSA (Ji, Ye, Ma, IEEE TIP 2024): ``[C, D1, D2, D3]`` volumes in,
+    a list of ``num_samples`` dictionaries out.
+
     For a slice index ``s`` along spatial ``axis``, every key in ``image_keys`` becomes
     ``[context * C, H, W]`` (the slices ``s - context // 2 .. s + context // 2``, edges repeated, channels of
     one slice kept together), and every key in ``label_keys`` becomes the single slice ``s``: ``[C, H, W]``.

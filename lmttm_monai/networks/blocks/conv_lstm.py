@@ -33,7 +33,7 @@ class ConvLSTMState(NamedTuple):
 
 
 class ConvLSTMCell(nn.Module):
-    """One step of a convolutional LSTM over ``spatial_dims``-D feature maps.
+    """One step of a convolutional LSTM over ``spatial_dims``-D feature maps (Shi et al., NeurIPS 2015).
 
     ``i, f, o = sigmoid(.)``, ``g = tanh(.)`` from one convolution of ``[x_t ; h_{t-1}]``;
     ``c_t = f * c_{t-1} + i * g`` and ``h_t = o * tanh(c_t)``. The state starts at zero for every sequence
