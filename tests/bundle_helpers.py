@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 from conftest import REPO_ROOT, SHARED_DATA
 
 SCHEMA = SHARED_DATA.parent / "schema" / "meta_schema_20240725.json"
@@ -44,3 +47,20 @@ def config_list(*files: str) -> str:
 def read_rows(path: Path) -> list[list[str]]:
     with open(path, newline="") as f:
         return [row for row in csv.reader(f) if row]
+
+
+def raises_naming(pattern: str, transform, data: dict) -> None:
+    """``transform(data)`` fails, and the error (or the one MONAI's ``Compose`` wrapped) matches ``pattern``."""
+    with pytest.raises(Exception) as info:
+        transform(data)
+    error, messages = info.value, []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__
+    assert any(re.search(pattern, m) for m in messages), messages
+
+
+def dice(seg: np.ndarray, ref: np.ndarray, label: int) -> float:
+    """Dice of one label value between two label maps."""
+    a, b = seg == label, ref == label
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -11,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_helpers import SCHEMA, bundle, config_list, dice, raises_naming, read_rows, run_module
+from conftest import REPO_ROOT, require_path
 from monai.bundle import ConfigParser
 
-from bundle_helpers import SCHEMA, bundle, config_list, read_rows, run_module
-from conftest import REPO_ROOT, require_path
 from lmttm_monai.data import decathlon_datalist
 from lmttm_monai.networks.nets import MemorySwinUNETR
 
@@ -54,11 +53,6 @@ def test_training_keeps_the_best_validation_checkpoint_and_writes_logs(run_dirs)
     state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert "swinViT.layers1.0.blocks.1.attn.relative_position_bias_table" in state
     assert list((root / "train").glob("events.out.tfevents.*"))
-
-
-def dice(seg: np.ndarray, ref: np.ndarray, label: int) -> float:
-    a, b = seg == label, ref == label
-    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
 def test_evaluation_writes_dice_and_hd95_per_label_and_segmentations_in_each_input_space(run_dirs, hippocampus_dir):
@@ -183,17 +177,6 @@ def preprocessing():
     parser = ConfigParser()
     parser.read_config(TRAIN)
     return parser.get_parsed_content("validate#preprocessing")
-
-
-def raises_naming(pattern: str, transform, data: dict) -> None:
-    """``transform(data)`` fails, and the error (or the one MONAI's ``Compose`` wrapped) matches ``pattern``."""
-    with pytest.raises(Exception) as info:
-        transform(data)
-    error, messages = info.value, []
-    while error is not None:
-        messages.append(str(error))
-        error = error.__cause__
-    assert any(re.search(pattern, m) for m in messages), messages
 
 
 def test_bad_pairs_are_clear_errors_that_name_the_file(hippocampus_dir, tmp_path):

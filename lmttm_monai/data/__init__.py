@@ -1,3 +1,4 @@
+from lmttm_monai.data.drive import DRIVE_SPLITS, drive_datalist
 from lmttm_monai.data.medmnist3d import (
     MEDMNIST_3D_NAMES,
     MEDMNIST_SIZES,
@@ -11,6 +12,8 @@ from lmttm_monai.data.segmentation import SPLITS, ValidateSegmentationd, decathl
 from lmttm_monai.data.volumes import image_datalist, volume_datalist
 
 __all__ = [
+    "DRIVE_SPLITS",
+    "drive_datalist",
     "MEDMNIST_3D_NAMES",
     "MEDMNIST_SIZES",
     "MedMNIST3DDataset",

@@ -5,13 +5,15 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from collections.abc import Sequence
 
 from monai.transforms import LoadImage
 
-__all__ = ["volume_datalist", "image_datalist", "VOLUME_SUFFIXES", "IMAGE_2D_SUFFIXES"]
+__all__ = ["IMAGE_2D_SUFFIXES", "PICTURE_SUFFIXES", "VOLUME_SUFFIXES", "image_datalist", "volume_datalist"]
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".npy")
-IMAGE_2D_SUFFIXES = (".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".nii", ".nii.gz", ".npy")
+PICTURE_SUFFIXES = (".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".bmp")
+IMAGE_2D_SUFFIXES = (*PICTURE_SUFFIXES, ".nii", ".nii.gz", ".npy")
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +35,13 @@ def _shape_fits(shape: tuple[int, ...], spatial_dims: int) -> bool:
     return len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4))
 
 
-def image_datalist(folder: str | os.PathLike, spatial_dims: int = 3) -> list[dict[str, str]]:
+def image_datalist(
+    folder: str | os.PathLike, spatial_dims: int = 3, suffixes: Sequence[str] | None = None
+) -> list[dict[str, str]]:
     """``[{"image": path}, ...]`` for every readable ``spatial_dims``-D image in ``folder``, sorted by name.
 
     3D: single-channel volumes (``.nii``, ``.nii.gz``, ``.npy``). 2D: grey or RGB pictures (``.png``, ``.tif``,
-    ``.gif``, ``.jpg``, or 2D NIfTI/NumPy). An unreadable file, or one of the wrong dimensionality, is skipped
+    ``.gif``, ``.jpg``, or 2D NIfTI/NumPy); ``suffixes`` narrows the file types. An unreadable file, or one of the wrong dimensionality, is skipped
     with a warning that names it. Raises ``FileNotFoundError`` when the folder is missing or holds no usable
     image, ``ValueError`` for a ``spatial_dims`` other than 2 or 3.
     """
@@ -46,12 +50,14 @@ def image_datalist(folder: str | os.PathLike, spatial_dims: int = 3) -> list[dic
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"inference folder {folder} does not exist.")
-    suffixes = VOLUME_SUFFIXES if spatial_dims == 3 else IMAGE_2D_SUFFIXES
+    suffixes = tuple(suffixes or (VOLUME_SUFFIXES if spatial_dims == 3 else IMAGE_2D_SUFFIXES))
     paths = sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(suffixes))
-    loader = LoadImage(image_only=True)
+    # MONAI picks PIL only for a few suffixes (not .tif or .gif); name it for every picture format
+    volume_loader, picture_loader = LoadImage(image_only=True), LoadImage(image_only=True, reader="PILReader")
     items, skipped = [], []
     for path in paths:
         try:
+            loader = picture_loader if path.lower().endswith(PICTURE_SUFFIXES) else volume_loader
             shape = tuple(loader(path).shape)
         except Exception as e:  # any reader error means this one file is unusable
             skipped.append(path)

@@ -1,0 +1,162 @@
+"""End-to-end runs of bundles/mam_unetr (2D MAM-UNETR) through ``python -m monai.bundle`` on real DRIVE images."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import SCHEMA, bundle, config_list, dice, raises_naming, read_rows
+from conftest import REPO_ROOT, require_path
+from monai.bundle import ConfigParser
+from PIL import Image
+
+from lmttm_monai.data import drive_datalist
+from lmttm_monai.networks.nets import MemoryUNETR
+
+BUNDLE = REPO_ROOT / "bundles" / "mam_unetr"
+CONFIGS = BUNDLE / "configs"
+TRAIN, EVALUATE, INFERENCE = (str(CONFIGS / f"{n}.json") for n in ("train", "evaluate", "inference"))
+PLAIN = str(CONFIGS / "unetr.json")
+QUICK = ["--max_cases", "2", "--epochs", "1", "--train#trainer#epoch_length", "2", "--num_workers", "0",
+         "--num_samples", "2"]  # fmt: skip
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run_dirs(drive_dir, tmp_path_factory):
+    """Train briefly, then evaluate and infer with the kept checkpoint."""
+    root = tmp_path_factory.mktemp("mam_unetr_run")
+    paths = ["--dataset_dir", str(drive_dir), "--ckpt_dir", str(root / "models")]
+    logs = {
+        "train": bundle("run", "training", "--config_file", TRAIN, *paths, "--output_dir", str(root / "train"), *QUICK),
+        "evaluate": bundle(
+            "run", "evaluating", "--config_file", config_list(TRAIN, EVALUATE), *paths,
+            "--output_dir", str(root / "eval"), "--max_cases", "2", "--num_workers", "0",
+        ),
+        "infer": bundle(
+            "run", "--config_file", INFERENCE, *paths, "--output_dir", str(root / "infer"), "--max_cases", "1",
+            "--num_workers", "0",
+        ),
+    }  # fmt: skip
+    return root, paths, logs
+
+
+def binary(path) -> np.ndarray:
+    return np.array(Image.open(path)) > 127
+
+
+def test_training_keeps_the_best_validation_checkpoint(run_dirs):
+    root, _, logs = run_dirs
+    assert "val_mean_dice" in logs["train"]
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert "vit.blocks.11.attn.qkv.weight" in state
+
+
+def test_evaluation_reports_vessel_dice_inside_the_field_of_view_and_writes_pngs(run_dirs, drive_dir):
+    root, _, _ = run_dirs
+    cases = drive_datalist(drive_dir, "test", max_cases=2)
+    assert set(dict(read_rows(root / "eval" / "metrics.csv"))) == {"test_mean_dice", "test_hd95"}
+    raw = read_rows(root / "eval" / "test_mean_dice_raw.csv")
+    reported = {Path(r[0]).name: float(r[1]) for r in raw[1:]}
+    assert sorted(reported) == sorted(Path(c["image"]).name for c in cases)
+    for case in cases:
+        seg = binary(root / "eval" / Path(case["image"]).name.replace(".tif", "_seg.png"))
+        label, fov = binary(case["label"]), binary(case["mask"])
+        assert seg.shape == label.shape  # same pixel grid and orientation as the input picture
+        assert not seg[~fov].any()  # nothing predicted outside the field of view
+        # the reported Dice is the Dice of the written PNG against the label, inside the field of view
+        assert dice(seg.astype(int), (label & fov).astype(int), 1) == pytest.approx(reported[Path(case["image"]).name])
+
+
+def test_inference_writes_a_png_per_test_image_in_its_pixel_grid(run_dirs, drive_dir):
+    root, _, _ = run_dirs
+    assert [p.name for p in (root / "infer").iterdir()] == ["01_test_seg.png"]
+    fov = binary(drive_dir / "test" / "mask" / "01_test_mask.gif")
+    assert binary(root / "infer" / "01_test_seg.png").shape == fov.shape
+
+
+def test_inference_on_a_folder_skips_bad_files_and_finishes_the_rest(run_dirs, drive_dir, tmp_path):
+    root, paths, _ = run_dirs
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(drive_dir / "test" / "images" / "02_test.tif", folder)
+    (folder / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    log = bundle("run", "--config_file", INFERENCE, *paths, "--output_dir", str(out), "--input_dir", str(folder),
+                 "--num_workers", "0")  # fmt: skip
+    assert "skipping" in log and "broken.png" in log
+    seg = binary(out / "02_test_seg.png")
+    assert seg.shape == binary(drive_dir / "test" / "mask" / "02_test_mask.gif").shape
+    assert [p.name for p in out.iterdir()] == ["02_test_seg.png"]
+
+
+def test_plain_unetr_baseline_is_one_override():
+    parser = ConfigParser()
+    parser.read_config([TRAIN, PLAIN])
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net, MemoryUNETR) and net.transmission == "none"
+    default = ConfigParser()
+    default.read_config(TRAIN)
+    assert default.get_parsed_content("network_def").transmission == "sts"
+
+
+def test_inference_and_training_build_the_same_network():
+    train, infer = ConfigParser(), ConfigParser()
+    train.read_config(TRAIN)
+    infer.read_config(INFERENCE)
+    assert train["network_def"] == infer["network_def"]
+    for key in ("dataset_dir", "val_cases", "num_classes", "roi_size", "ckpt_dir", "output_dir"):
+        assert train[key] == infer[key], key
+    assert train["validate"]["inferer"] == infer["inferer"]
+
+
+def test_metadata_passes_verify_metadata_against_the_offline_schema():
+    require_path(SCHEMA)
+    bundle("verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"), "--filepath", str(SCHEMA))
+
+
+@pytest.mark.parametrize("overlay", [[], [PLAIN]], ids=["mam", "plain"])
+def test_network_passes_verify_net_in_out(overlay):
+    bundle(
+        "verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
+        "--config_file", config_list(INFERENCE, *overlay), "--n", "1",
+    )  # fmt: skip
+
+
+def test_ckpt_export_writes_torchscript_with_the_eager_output(run_dirs):
+    root, _, _ = run_dirs
+    ts_path = root / "models" / "model.ts"
+    bundle(
+        "ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(root / "models" / "model.pt"),
+        "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", INFERENCE,
+    )  # fmt: skip
+    parser = ConfigParser()
+    parser.read_config(INFERENCE)
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
+    net.eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(ts_path))(x), net(x))
+
+
+def test_bad_inputs_are_clear_errors_that_name_the_file(drive_dir, tmp_path):
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    transform = parser.get_parsed_content("validate#preprocessing")
+    case = drive_datalist(drive_dir, "val")[0]
+    small = tmp_path / "small_manual1.gif"
+    Image.open(case["label"]).crop((0, 0, 300, 300)).save(small)
+    raises_naming(r"small_manual1\.gif.*does not match", transform, {**case, "label": str(small)})
+    grey_3d = tmp_path / "volume.npy"
+    np.save(grey_3d, np.zeros((4, 30, 30, 30), np.float32))
+    raises_naming(r"volume\.npy.*expected a 2D image", transform, {**case, "image": str(grey_3d)})
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"not a tif")
+    raises_naming(r"broken\.tif", transform, {**case, "image": str(broken)})
+    with pytest.raises(FileNotFoundError, match="no DRIVE images"):
+        drive_datalist(tmp_path, "train")
