@@ -31,8 +31,8 @@ CONFIGS = {
          "mlp_dim": 768, "num_heads": 4, "spatial_dims": 2},
         (4, 3, 96, 96),
     ),  # fmt: skip
-    # MONAI's SwinUNETR defaults (feature 24), 3D
-    "swinunetr3d": (MemorySwinUNETR, {"in_channels": 1, "out_channels": 3, "feature_size": 24}, (1, 1, 64, 64, 64)),
+    # the mam_swinunetr bundle's 3D network and training crops
+    "swinunetr3d": (MemorySwinUNETR, {"in_channels": 1, "out_channels": 3, "feature_size": 12}, (2, 1, 32, 64, 32)),
     "swinunetr2d": (
         MemorySwinUNETR,
         {"in_channels": 3, "out_channels": 2, "feature_size": 24, "spatial_dims": 2},
