@@ -13,8 +13,8 @@ import torch
 from medmnist import Evaluator
 from monai.bundle import ConfigParser
 
-from bundle_helpers import SCHEMA, bundle, config_list, read_rows
-from conftest import REPO_ROOT, require_path
+from bundle_helpers import bundle, config_list, read_rows
+from conftest import REPO_ROOT
 
 BUNDLE = REPO_ROOT / "bundles" / "lmttm"
 CONFIGS = BUNDLE / "configs"
@@ -110,28 +110,6 @@ def test_default_dataset_dir_and_bundle_root_work_from_the_repository_root(medmn
     assert parser.get_parsed_content("bundle_root") == "bundles/lmttm"
     assert parser.get_parsed_content("dataset_dir") == str(home / ".medmnist")
     assert len(parser.get_parsed_content("validate#dataset")) == 98
-
-
-def test_inference_and_training_build_the_same_network():
-    train, infer = ConfigParser(), ConfigParser()
-    train.read_config(TRAIN)
-    infer.read_config(INFERENCE)
-    assert train["network_def"] == infer["network_def"]
-    for key in ("dataset_dir", "dataset_name", "image_size", "ckpt_dir", "output_dir", "bundle_root"):
-        assert train[key] == infer[key], key
-
-
-def test_metadata_passes_verify_metadata_against_the_offline_schema():
-    require_path(SCHEMA)
-    bundle("verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"), "--filepath", str(SCHEMA))
-
-
-@pytest.mark.parametrize("overlay", [[], [str(CONFIGS / "ttm.json")]], ids=["lmttm", "ttm"])
-def test_network_passes_verify_net_in_out(overlay):
-    bundle(
-        "verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
-        "--config_file", config_list(INFERENCE, *overlay), "--n", "2",
-    )
 
 
 def assert_export_matches_eager(models: Path, *configs: str) -> None:

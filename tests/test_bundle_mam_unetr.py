@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import SCHEMA, bundle, config_list, dice, raises_naming, read_rows
-from conftest import REPO_ROOT, require_path
+from bundle_helpers import bundle, config_list, dice, raises_naming, read_rows
+from conftest import REPO_ROOT
 from monai.bundle import ConfigParser
 from PIL import Image
 
@@ -102,29 +102,6 @@ def test_plain_unetr_baseline_is_one_override():
     default = ConfigParser()
     default.read_config(TRAIN)
     assert default.get_parsed_content("network_def").transmission == "sts"
-
-
-def test_inference_and_training_build_the_same_network():
-    train, infer = ConfigParser(), ConfigParser()
-    train.read_config(TRAIN)
-    infer.read_config(INFERENCE)
-    assert train["network_def"] == infer["network_def"]
-    for key in ("dataset_dir", "val_cases", "num_classes", "roi_size", "ckpt_dir", "output_dir"):
-        assert train[key] == infer[key], key
-    assert train["validate"]["inferer"] == infer["inferer"]
-
-
-def test_metadata_passes_verify_metadata_against_the_offline_schema():
-    require_path(SCHEMA)
-    bundle("verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"), "--filepath", str(SCHEMA))
-
-
-@pytest.mark.parametrize("overlay", [[], [PLAIN]], ids=["mam", "plain"])
-def test_network_passes_verify_net_in_out(overlay):
-    bundle(
-        "verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
-        "--config_file", config_list(INFERENCE, *overlay), "--n", "1",
-    )  # fmt: skip
 
 
 def test_ckpt_export_writes_torchscript_with_the_eager_output(run_dirs):

@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import SCHEMA, bundle, config_list, read_rows, run_module
-from conftest import REPO_ROOT, require_path
+from bundle_helpers import bundle, config_list, read_rows, run_module
+from conftest import REPO_ROOT
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 
@@ -127,19 +127,6 @@ def assert_export_matches_eager(models: Path, *configs: str) -> None:
     x = torch.rand(3, 3, 64, 48)
     with torch.no_grad():
         torch.testing.assert_close(exported(x), net(x))
-
-
-def test_metadata_passes_verify_metadata_against_the_offline_schema():
-    require_path(SCHEMA)
-    bundle("verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"), "--filepath", str(SCHEMA))
-
-
-@pytest.mark.parametrize("overlay", [[], [LSTMSA], [UNET]], ids=["salstm", "lstmsa", "unet"])
-def test_network_passes_verify_net_in_out(overlay):
-    bundle(
-        "verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
-        "--config_file", config_list(INFERENCE, *overlay), "--n", "2",
-    )
 
 
 def test_configs_agree_and_find_the_shared_data_from_the_repository_root(hippocampus_dir, monkeypatch):
