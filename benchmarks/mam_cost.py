@@ -2,7 +2,9 @@
 
 For each configuration the MONAI network (``transmission="none"``, bit-identical to MONAI's class) and its
 Memory-Attention variant (STS for UNETR, ISTS for SwinUNETR) run forward + backward in interleaved rounds
-(A, B, B, A, ...) so drift in machine load hits both alike. Reported: median wall time per step and the ratio,
+(A, B, B, A, ...) so drift in machine load hits both alike. Reported: median wall time per step, the ratio of
+the medians, and the median of the per-round ratios (each round's two steps run back to back, so a paired ratio
+cancels slow changes in machine load),
 parameter counts, and peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the bytes of the
 tensors autograd saves for backward (activation memory, which dominates training memory and is what an extra
 per-block tensor would grow).
@@ -92,6 +94,7 @@ def compare(name: str, repeats: int, warmup: int, device: torch.device) -> dict:
                 times[key].append(seconds)
                 peaks[key] = max(peaks[key], peak)
     plain_t, memory_t = (statistics.median(times[k]) for k in nets)
+    paired = statistics.median(b / a for a, b in zip(times["self-attention"], times["memory-attention"]))
     return {
         "config": name,
         "input": "x".join(map(str, shape)),
@@ -99,7 +102,8 @@ def compare(name: str, repeats: int, warmup: int, device: torch.device) -> dict:
         f"{sum(p.numel() for p in memory_net.parameters()):,}",
         "median step SA (s)": f"{plain_t:.4f}",
         "median step MAM (s)": f"{memory_t:.4f}",
-        "time ratio": f"{memory_t / plain_t:.3f}",
+        "time ratio (medians)": f"{memory_t / plain_t:.3f}",
+        "time ratio (paired, median)": f"{paired:.3f}",
         "peak memory ratio": f"{peaks['memory-attention'] / peaks['self-attention']:.3f}",
     }
 
