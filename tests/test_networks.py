@@ -151,7 +151,7 @@ def test_torchscript_export_gives_the_eager_logits(name):
 
 
 def test_registry_builds_each_network_by_name():
-    assert set(NETWORKS.names) == {"lmttm", "ttm"}
+    assert set(NETWORKS.names) == {"lmttm", "ttm", "memory_unetr", "memory_swin_unetr", "salstm_unet"}
     assert isinstance(small("lmttm"), LMTTM) and isinstance(small("ttm"), TTM)
     with pytest.raises(ValueError, match="unknown network 'vit'"):
         get_network("vit")
