@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from monai.bundle import ConfigParser
 from conftest import REPO_ROOT, SHARED_DATA
 
 SCHEMA = SHARED_DATA.parent / "schema" / "meta_schema_20240725.json"
@@ -64,3 +66,23 @@ def dice(seg: np.ndarray, ref: np.ndarray, label: int) -> float:
     """Dice of one label value between two label maps."""
     a, b = seg == label, ref == label
     return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def assert_export_matches_eager(
+    models: Path, meta_file: Path, configs: list[str], x: torch.Tensor, *args: str
+) -> None:
+    """``ckpt_export`` the checkpoint ``models/model.pt`` (extra ``args`` such as ``--use_trace True`` go to it) and
+    check that the exported model's output on ``x`` equals the eager network's."""
+    ts_path = models / "model.ts"
+    bundle(
+        "ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(models / "model.pt"),
+        "--meta_file", str(meta_file), "--config_file", config_list(*configs), *args,
+    )  # fmt: skip
+    parser = ConfigParser()
+    parser.read_config(list(configs))
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(models / "model.pt", map_location="cpu", weights_only=True))
+    net.eval()
+    exported = torch.jit.load(str(ts_path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), net(x))

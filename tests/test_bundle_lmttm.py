@@ -13,7 +13,7 @@ import torch
 from medmnist import Evaluator
 from monai.bundle import ConfigParser
 
-from bundle_helpers import bundle, config_list, read_rows
+from bundle_helpers import assert_export_matches_eager, bundle, config_list, read_rows
 from conftest import REPO_ROOT
 
 BUNDLE = REPO_ROOT / "bundles" / "lmttm"
@@ -95,7 +95,8 @@ def test_ttm_overlay_trains_the_ttm_ablation_and_exports(medmnist_dir, tmp_path)
     assert "val_auc" in log
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert state["memory.initial"].ndim == 2  # TTM: one memory of m tokens, not k linked units
-    assert_export_matches_eager(tmp_path / "models", INFERENCE, ttm)
+    x = torch.rand(3, 1, 28, 28, 28)
+    assert_export_matches_eager(tmp_path / "models", CONFIGS / "metadata.json", [INFERENCE, ttm], x)
 
 
 def test_default_dataset_dir_and_bundle_root_work_from_the_repository_root(medmnist_dir, tmp_path, monkeypatch):
@@ -112,27 +113,9 @@ def test_default_dataset_dir_and_bundle_root_work_from_the_repository_root(medmn
     assert len(parser.get_parsed_content("validate#dataset")) == 98
 
 
-def assert_export_matches_eager(models: Path, *configs: str) -> None:
-    """``ckpt_export`` the checkpoint in ``models`` and check the TorchScript logits against the eager network."""
-    ts_path = models / "model.ts"
-    bundle(
-        "ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(models / "model.pt"),
-        "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", config_list(*configs),
-    )
-    parser = ConfigParser()
-    parser.read_config(list(configs))
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(models / "model.pt", map_location="cpu", weights_only=True))
-    net.eval()
-    exported = torch.jit.load(str(ts_path)).eval()
-    x = torch.rand(3, 1, 28, 28, 28)
-    with torch.no_grad():
-        torch.testing.assert_close(exported(x), net(x))
-
-
 def test_ckpt_export_writes_torchscript_with_the_eager_logits(run_dirs):
     root, _, _ = run_dirs
-    assert_export_matches_eager(root / "models", INFERENCE)
+    assert_export_matches_eager(root / "models", CONFIGS / "metadata.json", [INFERENCE], torch.rand(3, 1, 28, 28, 28))
 
 
 def test_two_process_gloo_training_uses_disjoint_shards_and_only_rank_0_writes(medmnist_dir, tmp_path):

@@ -10,7 +10,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import bundle, config_list, dice, raises_naming, read_rows, run_module
+from bundle_helpers import (
+    assert_export_matches_eager,
+    bundle,
+    config_list,
+    dice,
+    raises_naming,
+    read_rows,
+    run_module,
+)
 from conftest import REPO_ROOT
 from monai.bundle import ConfigParser
 
@@ -117,21 +125,10 @@ def test_plain_swinunetr_baseline_is_one_override():
 
 def test_ckpt_export_writes_a_traced_model_with_the_eager_output(run_dirs):
     root, _, _ = run_dirs
-    ts_path = root / "models" / "model.ts"
-    # SwinUNETR (MONAI's own too) does not script; the spatial shape is fixed per crop, so tracing is exact
-    bundle(
-        "ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(root / "models" / "model.pt"),
-        "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", INFERENCE, "--use_trace", "True",
-        "--input_shape", "[1, 1, 32, 64, 32]",
-    )  # fmt: skip
-    parser = ConfigParser()
-    parser.read_config(INFERENCE)
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
-    net.eval()
+    # SwinUNETR (MONAI's too) does not script; the spatial shape is fixed per crop, so tracing is exact
+    trace = ["--use_trace", "True", "--input_shape", "[1, 1, 32, 64, 32]"]
     x = torch.randn(2, 1, 32, 64, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(torch.jit.load(str(ts_path))(x), net(x))
+    assert_export_matches_eager(root / "models", CONFIGS / "metadata.json", [INFERENCE], x, *trace)
 
 
 def decathlon_copy(hippocampus_dir: Path, folder: Path, n: int = 2) -> list[dict]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import bundle, config_list, dice, raises_naming, read_rows
+from bundle_helpers import assert_export_matches_eager, bundle, config_list, dice, raises_naming, read_rows
 from conftest import REPO_ROOT
 from monai.bundle import ConfigParser
 from PIL import Image
@@ -106,19 +106,7 @@ def test_plain_unetr_baseline_is_one_override():
 
 def test_ckpt_export_writes_torchscript_with_the_eager_output(run_dirs):
     root, _, _ = run_dirs
-    ts_path = root / "models" / "model.ts"
-    bundle(
-        "ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(root / "models" / "model.pt"),
-        "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", INFERENCE,
-    )  # fmt: skip
-    parser = ConfigParser()
-    parser.read_config(INFERENCE)
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
-    net.eval()
-    x = torch.randn(2, 3, 96, 96)
-    with torch.no_grad():
-        torch.testing.assert_close(torch.jit.load(str(ts_path))(x), net(x))
+    assert_export_matches_eager(root / "models", CONFIGS / "metadata.json", [INFERENCE], torch.randn(2, 3, 96, 96))
 
 
 def test_bad_inputs_are_clear_errors_that_name_the_file(drive_dir, tmp_path):

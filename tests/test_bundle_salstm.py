@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import bundle, config_list, read_rows, run_module
+from bundle_helpers import assert_export_matches_eager, bundle, config_list, read_rows, run_module
 from conftest import REPO_ROOT
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
@@ -95,7 +95,7 @@ def test_inference_on_a_folder_skips_bad_files_and_finishes_the_rest(run_dirs, h
 
 def test_ckpt_export_writes_torchscript_with_the_eager_logits(run_dirs):
     root, _, _ = run_dirs
-    assert_export_matches_eager(root / "models", INFERENCE)
+    assert_export_matches_eager(root / "models", CONFIGS / "metadata.json", [INFERENCE], torch.rand(3, 3, 64, 48))
 
 
 def test_plain_unet_overlay_trains_the_basic_unet_baseline_and_exports(hippocampus_dir, tmp_path):
@@ -108,25 +108,7 @@ def test_plain_unet_overlay_trains_the_basic_unet_baseline_and_exports(hippocamp
     assert all(k.startswith("unet.") for k in state)
     plain = BasicUNet(2, 1, 3, features=(16, 16, 32, 64, 128, 16))
     plain.load_state_dict({k.removeprefix("unet."): v for k, v in state.items()})  # exactly a BasicUNet
-    assert_export_matches_eager(models, INFERENCE, UNET)
-
-
-def assert_export_matches_eager(models: Path, *configs: str) -> None:
-    """``ckpt_export`` the checkpoint in ``models`` and check the TorchScript logits against the eager network."""
-    ts_path = models / "model.ts"
-    bundle(
-        "ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(models / "model.pt"),
-        "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", config_list(*configs),
-    )
-    parser = ConfigParser()
-    parser.read_config(list(configs))
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(models / "model.pt", map_location="cpu", weights_only=True))
-    net.eval()
-    exported = torch.jit.load(str(ts_path)).eval()
-    x = torch.rand(3, 3, 64, 48)
-    with torch.no_grad():
-        torch.testing.assert_close(exported(x), net(x))
+    assert_export_matches_eager(models, CONFIGS / "metadata.json", [INFERENCE, UNET], torch.rand(3, 3, 64, 48))
 
 
 def test_configs_agree_and_find_the_shared_data_from_the_repository_root(hippocampus_dir, monkeypatch):
