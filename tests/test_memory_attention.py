@@ -213,3 +213,20 @@ def test_memory_unetr_survives_torchscript_with_the_same_output():
     scripted = torch.jit.script(net)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x))
+
+
+def test_self_supervised_swin_weights_load_through_the_inherited_load_from():
+    """MONAI's SSL Swin checkpoints use ``module.`` keys and ``mlp.fc1/fc2``; ``SwinUNETR.load_from`` maps them, and the
+    memory variant inherits it unchanged."""
+    torch.manual_seed(0)
+    source = SwinUNETR(1, 3, feature_size=12).swinViT.state_dict()
+    rename = {"mlp.linear1": "mlp.fc1", "mlp.linear2": "mlp.fc2"}
+    ssl = {}
+    for key, value in source.items():
+        for old, new in rename.items():
+            key = key.replace(old, new)
+        ssl[f"module.{key}"] = value
+    net = MemorySwinUNETR(1, 3, feature_size=12)
+    net.load_from({"state_dict": ssl})
+    for key, value in source.items():
+        assert torch.equal(net.swinViT.state_dict()[key], value), key
