@@ -3,7 +3,8 @@
 from lmttm_monai import data, metrics, networks
 from lmttm_monai import inferers, transforms
 
-__version__ = "0.2.0"
+# the one place the package version lives: pyproject.toml reads it, bundle metadata pins it (tests check both)
+__version__ = "0.3.0"
 
 __all__ = ["data", "metrics", "networks", "__version__"]
 __all__ += ["inferers", "transforms"]

@@ -123,7 +123,7 @@ def test_configs_agree_and_find_the_shared_data_from_the_repository_root(hippoca
     assert Path(train.get_parsed_content("dataset_dir")).resolve() == hippocampus_dir.resolve()
     # the same held-out parts as decathlon_datalist's default split, which the MAM bundles use too
     for section, split in (("train", "train"), ("validate", "val")):
-        assert train.get_parsed_content(f"{section}#datalist") == decathlon_datalist(hippocampus_dir, split)
+        assert train.get_parsed_content(f"{section}#dataset#data") == decathlon_datalist(hippocampus_dir, split)
     lstmsa = ConfigParser()
     lstmsa.read_config([TRAIN, LSTMSA])
     assert lstmsa.get_parsed_content("network_def").attention == "lstmsa"

@@ -4,6 +4,9 @@ consistency between training and inference, and a changelog entry for the curren
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 
 import pytest
 from monai.bundle import ConfigParser
@@ -59,3 +62,67 @@ def test_inference_and_training_build_the_same_network_from_the_same_settings(na
     for key in SHARED_KEYS:
         if key in train.config or key in infer.config:
             assert train[key] == infer[key], key
+
+
+def bundle_files() -> list[str]:
+    """Every file under bundles/ that git tracks or would add (weights and outputs are ignored), repo-relative."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "bundles"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    return sorted(f for f in listed if (REPO_ROOT / f).is_file())
+
+
+def test_bundle_files_pass_model_zoos_pre_commit_hooks(tmp_path, monkeypatch, capsys):
+    # model-zoo's .pre-commit-config.yaml (pre-commit-hooks 4.6.0), called through the hooks' own entry points.
+    # The fixers rewrite what they would change, so they run on a copy; the checkers read the repository itself.
+    from pre_commit_hooks import (
+        check_added_large_files, check_case_conflict, check_executables_have_shebangs, check_toml, check_yaml,
+        detect_private_key, end_of_file_fixer, mixed_line_ending, pretty_format_json, trailing_whitespace_fixer,
+    )  # fmt: skip
+
+    files = bundle_files()
+    assert "bundles/lmttm/configs/train.json" in files
+    for f in files:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / f, tmp_path / f)
+    json_files = [f for f in files if f.endswith(".json")]
+    yaml_files = [f for f in files if f.endswith((".yml", ".yaml"))]
+    fixers = {
+        "end-of-file-fixer": (end_of_file_fixer.main, files),
+        "trailing-whitespace": (trailing_whitespace_fixer.main, [f for f in files if not f.endswith((".ts", ".pt"))]),
+        "pretty-format-json": (
+            pretty_format_json.main, ["--autofix", "--no-sort-keys", "--indent=4", *json_files]
+        ),
+        "mixed-line-ending": (mixed_line_ending.main, files),
+    }
+    checkers = {
+        "check-yaml": (check_yaml.main, yaml_files),
+        "check-toml": (check_toml.main, [f for f in files if f.endswith(".toml")]),
+        "check-case-conflict": (check_case_conflict.main, files),
+        # pre-commit hands this hook only the files with an executable bit (its `types: [text, executable]`)
+        "check-executables-have-shebangs": (
+            check_executables_have_shebangs.main, [f for f in files if os.access(REPO_ROOT / f, os.X_OK)]
+        ),
+        "check-added-large-files": (check_added_large_files.main, ["--maxkb=1024", "--enforce-all", *files]),
+        "detect-private-key": (detect_private_key.main, files),
+    }
+    failed = {}
+    for hooks, cwd in ((fixers, tmp_path), (checkers, REPO_ROOT)):
+        monkeypatch.chdir(cwd)
+        for hook, (main, args) in hooks.items():
+            if main(args) != 0:
+                failed[hook] = capsys.readouterr().out.strip()
+    assert failed == {}, "fix with: pre-commit run --all-files (model-zoo's hooks), or the hooks named here"
+
+
+@pytest.mark.parametrize("name", sorted(NETWORK_OVERLAYS))
+def test_bundle_pins_the_installed_package_version_which_lives_in_one_place(name):
+    # lmttm_monai.__version__ is the one place; pyproject.toml reads it (dynamic version), so the installed
+    # distribution and every bundle's pin must follow it. Bump it there, then the pins (model-zoo's
+    # get_bundle_requirements.py installs exactly the pinned version).
+    from importlib.metadata import version
+
+    import lmttm_monai
+
+    meta = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
+    assert version("lmttm-monai") == lmttm_monai.__version__, "reinstall: pip install -e ."
+    assert meta["required_packages_version"]["lmttm-monai"] == lmttm_monai.__version__

@@ -230,3 +230,20 @@ def test_self_supervised_swin_weights_load_through_the_inherited_load_from():
     net.load_from({"state_dict": ssl})
     for key, value in source.items():
         assert torch.equal(net.swinViT.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("how", ["built", "converted"])
+@pytest.mark.parametrize(("kind", "transmission"), [("unetr", "sts"), ("unetr", "none"), ("swin", "ists"), ("swin", "sts")])
+def test_every_trainable_parameter_gets_a_gradient_as_distributed_data_parallel_requires(kind, transmission, how):
+    # DDP fails at its second iteration when a parameter that requires a gradient never receives one (MONAI's
+    # TransformerBlock builds a cross-attention LayerNorm that its forward never uses without cross-attention).
+    torch.manual_seed(0)
+    if how == "built":
+        net = build(kind, 2, memory=True, transmission=transmission)
+    else:
+        net = to_memory_attention(build(kind, 2, memory=False), transmission=transmission)
+    net(torch.randn(2, 1, *SIZES[(kind, 2)])).sum().backward()
+    no_gradient = [name for name, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_gradient == []
+    # the frozen LayerNorm keeps its keys, so MONAI weights still load strictly
+    net.load_state_dict(build(kind, 2, memory=False).state_dict(), strict=transmission != "sts" or kind == "unetr")

@@ -5,6 +5,7 @@ from lmttm_monai.data.medmnist3d import (
     MedMNIST3DDataset,
     default_dataset_dir,
     load_medmnist3d,
+    medmnist3d_datalist,
     medmnist_info,
     medmnist_npz_path,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "default_dataset_dir",
     "image_datalist",
     "load_medmnist3d",
+    "medmnist3d_datalist",
     "medmnist_info",
     "medmnist_npz_path",
     "source_name",

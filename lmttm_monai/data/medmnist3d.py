@@ -25,6 +25,7 @@ __all__ = [
     "MedMNIST3DDataset",
     "default_dataset_dir",
     "load_medmnist3d",
+    "medmnist3d_datalist",
     "medmnist_info",
     "medmnist_npz_path",
 ]
@@ -169,12 +170,43 @@ def load_medmnist3d(
     return images, labels
 
 
+def medmnist3d_datalist(
+    dataset_dir: str | os.PathLike | None,
+    dataset_name: str,
+    split: str,
+    image_size: int = 28,
+    download: bool = True,
+    num_samples: int | None = None,
+) -> list[dict[str, Any]]:
+    """One split of a MedMNIST 3D dataset as a MONAI data list, the ``data`` of a :class:`~monai.data.Dataset`.
+
+    This is what a bundle's ``train#dataset#data`` holds (the key MONAI Label and model-zoo override). Each item is
+    ``{"image": MetaTensor [1, S, S, S] uint8 in 0..255, "label": int64 tensor, "index": int}``; the image shares
+    memory with the loaded array (a float copy of a 64^3 training split would take over a gigabyte), so the first
+    transform must not work in place (MONAI's intensity transforms return new float32 tensors). The image's meta
+    holds ``filename_or_obj`` = ``"{name}_{split}_{index:05d}"`` so MONAI savers name rows. Items keep dataset order;
+    ``num_samples`` keeps only the first ones (for quick runs). Arguments as :func:`load_medmnist3d`.
+    """
+    images, labels = load_medmnist3d(dataset_name, split, image_size, dataset_dir, download)
+    if num_samples is not None:
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be positive or None, got {num_samples}.")
+        images, labels = images[:num_samples], labels[:num_samples]
+    prefix = f"{_check_name(dataset_name)}_{split}"
+    return [
+        {
+            "image": MetaTensor(torch.from_numpy(images[i]).unsqueeze(0), meta={"filename_or_obj": f"{prefix}_{i:05d}"}),
+            "label": torch.as_tensor(labels[i], dtype=torch.int64),
+            "index": i,
+        }
+        for i in range(len(labels))
+    ]
+
+
 class MedMNIST3DDataset(Dataset):
     """One split of a MedMNIST 3D dataset as a MONAI :class:`~monai.data.Dataset` of dictionaries.
 
-    Each item is ``{"image": MetaTensor [1, S, S, S] float32 in 0..255, "label": int64 tensor, "index": int}``;
-    the image's meta holds ``filename_or_obj`` = ``"{name}_{split}_{index:05d}"`` so MONAI savers name rows.
-    Items keep dataset order; ``num_samples`` keeps only the first ones (for quick runs).
+    The items of :func:`medmnist3d_datalist`, with the image as float32 (still 0..255).
 
     Args:
         dataset_dir: folder with the ``.npz`` files; ``None`` for ``~/.medmnist``.
@@ -196,21 +228,12 @@ class MedMNIST3DDataset(Dataset):
         download: bool = True,
         num_samples: int | None = None,
     ) -> None:
-        images, labels = load_medmnist3d(dataset_name, split, image_size, dataset_dir, download)
-        if num_samples is not None:
-            if num_samples < 1:
-                raise ValueError(f"num_samples must be positive or None, got {num_samples}.")
-            images, labels = images[:num_samples], labels[:num_samples]
+        data = medmnist3d_datalist(dataset_dir, dataset_name, split, image_size, download, num_samples)
         self.info = medmnist_info(dataset_name)
         self.split = split
-        self.images, self.labels = images, labels
-        prefix = f"{self.info['name']}_{split}"
-        data = [{"index": i, "name": f"{prefix}_{i:05d}"} for i in range(len(labels))]
         super().__init__(data=data, transform=transform)
 
     def _transform(self, index: int):
         item = dict(self.data[index])
-        image = torch.as_tensor(self.images[index], dtype=torch.float32).unsqueeze(0)
-        item["image"] = MetaTensor(image, meta={"filename_or_obj": item.pop("name")})
-        item["label"] = torch.as_tensor(self.labels[index], dtype=torch.int64)
+        item["image"] = item["image"].to(torch.float32)
         return apply_transform(self.transform, item) if self.transform is not None else item

@@ -115,6 +115,18 @@ class MemoryTransformerBlock(TransformerBlock):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.attn.__class__ = MemorySABlock  # same module, same parameters: only its forward changes
+        self.freeze_unused_parameters()
+
+    def freeze_unused_parameters(self) -> None:
+        """Stop ``norm_cross_attn`` from asking for a gradient when there is no cross-attention.
+
+        MONAI's ``TransformerBlock`` builds that LayerNorm whether or not cross-attention is on, and without it the
+        LayerNorm never takes part in ``forward``: DistributedDataParallel then waits for its gradient and fails
+        at the second iteration. Freezing it (rather than deleting it) keeps every state-dict key, so MONAI
+        weights still load with ``strict=True``. Called again by ``to_memory_attention`` after a conversion.
+        """
+        if not self.with_cross_attention:
+            self.norm_cross_attn.requires_grad_(False)
 
     def forward(  # type: ignore[override]
         self,

@@ -192,6 +192,8 @@ def _convert_modules(root: nn.Module) -> None:
         memory_class = _MEMORY_CLASSES.get(type(module))
         if memory_class is not None:
             module.__class__ = memory_class
+            if memory_class is MemoryTransformerBlock:
+                module.freeze_unused_parameters()
 
 
 def _set_swin_transmission(swin: SwinTransformer, transmission: str) -> None:
