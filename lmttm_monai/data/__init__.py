@@ -10,6 +10,7 @@ from lmttm_monai.data.medmnist3d import (
     medmnist_npz_path,
 )
 from lmttm_monai.data.segmentation import SPLITS, ValidateSegmentationd, decathlon_datalist, source_name
+from lmttm_monai.data.sitk_io import SaveLikeInputd, SimpleITKReader, SimpleITKWriter, output_ext_for
 from lmttm_monai.data.volumes import image_datalist, volume_datalist
 
 __all__ = [
@@ -19,6 +20,9 @@ __all__ = [
     "MEDMNIST_SIZES",
     "MedMNIST3DDataset",
     "SPLITS",
+    "SaveLikeInputd",
+    "SimpleITKReader",
+    "SimpleITKWriter",
     "ValidateSegmentationd",
     "decathlon_datalist",
     "default_dataset_dir",
@@ -27,6 +31,7 @@ __all__ = [
     "medmnist3d_datalist",
     "medmnist_info",
     "medmnist_npz_path",
+    "output_ext_for",
     "source_name",
     "volume_datalist",
 ]

@@ -9,9 +9,14 @@ from collections.abc import Sequence
 
 from monai.transforms import LoadImage
 
+from lmttm_monai.data.sitk_io import SimpleITKReader, is_dicom_series_dir
+
 __all__ = ["IMAGE_2D_SUFFIXES", "PICTURE_SUFFIXES", "VOLUME_SUFFIXES", "image_datalist", "volume_datalist"]
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".npy")
+# 3D volumes: NIfTI and NumPy (MONAI's default readers), MetaImage and NRRD (SimpleITKReader); DICOM series come as
+# folders, see image_datalist
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".npy", ".mha", ".mhd", ".nrrd", ".nhdr")
+_SIMPLEITK_ONLY_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 PICTURE_SUFFIXES = (".png", ".tif", ".tiff", ".gif", ".jpg", ".jpeg", ".bmp")
 IMAGE_2D_SUFFIXES = (*PICTURE_SUFFIXES, ".nii", ".nii.gz", ".npy")
 
@@ -40,8 +45,11 @@ def image_datalist(
 ) -> list[dict[str, str]]:
     """``[{"image": path}, ...]`` for every readable ``spatial_dims``-D image in ``folder``, sorted by name.
 
-    3D: single-channel volumes (``.nii``, ``.nii.gz``, ``.npy``). 2D: grey or RGB pictures (``.png``, ``.tif``,
-    ``.gif``, ``.jpg``, or 2D NIfTI/NumPy); ``suffixes`` narrows the file types. An unreadable file, or one of the wrong dimensionality, is skipped
+    3D: single-channel volumes (``.nii``, ``.nii.gz``, ``.npy``, ``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``) and, when
+    ``suffixes`` is not given, DICOM series: each subfolder holding DICOM files is one item (``{"image": folder}``,
+    for ``SimpleITKReader``); subfolders without DICOM are ignored like files of other types. 2D: grey or RGB
+    pictures (``.png``, ``.tif``, ``.gif``, ``.jpg``, or 2D NIfTI/NumPy); ``suffixes`` narrows the file types. An
+    unreadable file or series (for example a folder with two series), or one of the wrong dimensionality, is skipped
     with a warning that names it. Raises ``FileNotFoundError`` when the folder is missing or holds no usable
     image, ``ValueError`` for a ``spatial_dims`` other than 2 or 3.
     """
@@ -50,15 +58,28 @@ def image_datalist(
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"inference folder {folder} does not exist.")
+    dicom_folders = spatial_dims == 3 and suffixes is None
     suffixes = tuple(suffixes or (VOLUME_SUFFIXES if spatial_dims == 3 else IMAGE_2D_SUFFIXES))
-    paths = sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(suffixes))
-    # MONAI picks PIL only for a few suffixes (not .tif or .gif); name it for every picture format
+    paths = sorted(
+        p
+        for p in glob.glob(os.path.join(folder, "*"))
+        if (os.path.isfile(p) and p.lower().endswith(suffixes)) or (dicom_folders and is_dicom_series_dir(p))
+    )
+    # MONAI picks PIL only for a few suffixes (not .tif or .gif); name it for every picture format. NIfTI and NumPy
+    # keep MONAI's default readers; MetaImage, NRRD and DICOM folders need SimpleITK, which MONAI does not pick itself
+    # (called directly rather than through LoadImage, which would retry every other reader and bury its one-line
+    # error under their tracebacks)
     volume_loader, picture_loader = LoadImage(image_only=True), LoadImage(image_only=True, reader="PILReader")
+    sitk_reader = SimpleITKReader()
     items, skipped = [], []
     for path in paths:
         try:
-            loader = picture_loader if path.lower().endswith(PICTURE_SUFFIXES) else volume_loader
-            shape = tuple(loader(path).shape)
+            if path.lower().endswith(PICTURE_SUFFIXES):
+                shape = tuple(picture_loader(path).shape)
+            elif os.path.isdir(path) or path.lower().endswith(_SIMPLEITK_ONLY_SUFFIXES):
+                shape = tuple(sitk_reader.get_data(sitk_reader.read(path))[0].shape)
+            else:
+                shape = tuple(volume_loader(path).shape)
         except Exception as e:  # any reader error means this one file is unusable
             skipped.append(path)
             logger.warning("skipping %s: cannot be read as an image (%s: %s)", path, type(e).__name__, e)
@@ -71,7 +92,9 @@ def image_datalist(
         items.append({"image": path})
     if not items:
         raise FileNotFoundError(
-            f"no readable {'3D volume' if spatial_dims == 3 else '2D image'} ({', '.join(suffixes)}) in {folder}"
+            f"no readable {'3D volume' if spatial_dims == 3 else '2D image'} ({', '.join(suffixes)}"
+            + (", or DICOM series folder" if dicom_folders else "")
+            + f") in {folder}"
             + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else "")
             + "."
         )
