@@ -93,6 +93,28 @@ def test_failed_download_says_which_file_to_put_where(tmp_path):
     assert not (tmp_path / "adrenalmnist3d.npz").exists()
 
 
+def test_failed_download_leaves_no_folder_it_created_and_keeps_one_that_existed(tmp_path):
+    url = f"http://127.0.0.1:{_free_port()}/adrenalmnist3d.npz"  # nothing listens there
+    with pytest.raises(FileNotFoundError, match="failed"):
+        load_medmnist3d("adrenalmnist3d", "test", 28, tmp_path / "new" / "medmnist", download=True, url=url)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="failed"):
+        load_medmnist3d("adrenalmnist3d", "test", 28, tmp_path, download=True, url=url)
+    assert tmp_path.is_dir()
+
+
+def test_missing_medmnist_package_hint_names_commands_that_exist(monkeypatch):
+    import sys
+
+    from lmttm_monai.data import medmnist3d
+
+    monkeypatch.setitem(sys.modules, "medmnist.info", None)  # makes "from medmnist.info import INFO" fail
+    with pytest.raises(ImportError) as info:
+        medmnist3d._info()
+    assert "pip install --no-deps medmnist==3.0.2" in str(info.value)
+    assert "lmttm-monai[" not in str(info.value)  # no such package on any registry
+
+
 def test_missing_file_is_downloaded_over_http_and_md5_checked(medmnist_dir, tmp_path):
     served = tmp_path / "served"
     served.mkdir()

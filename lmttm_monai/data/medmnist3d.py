@@ -47,8 +47,9 @@ def _info() -> dict[str, Any]:
         from medmnist.info import INFO
     except ImportError as e:
         raise ImportError(
-            "lmttm_monai needs the medmnist package for dataset information: on a CPU-only machine run "
-            "'pip install --no-deps medmnist==3.0.2', with CUDA torch run \"pip install 'lmttm-monai[medmnist]'\"."
+            "lmttm_monai needs the medmnist package for dataset information: run 'pip install --no-deps "
+            "medmnist==3.0.2' next to a CPU-only torch (its torchvision requirement would replace torch), or "
+            "'pip install medmnist==3.0.2' next to a CUDA torch with its torchvision."
         ) from e
     return INFO
 
@@ -99,11 +100,19 @@ def _download(name: str, size: int, path: str, url: str | None) -> None:
     info = _info()[name]
     suffix = "" if size == 28 else f"_{size}"
     url = url or info[f"url{suffix}"]
+    # the folders this download creates, deepest first: a failed download removes them again (when still empty)
+    created, folder = [], os.path.abspath(os.path.dirname(path) or ".")
+    while not os.path.exists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         # download_url writes to a temporary file and moves it into place only after the MD5 matches
         download_url(url=url, filepath=path, hash_val=info[f"MD5{suffix}"], hash_type="md5", progress=True)
     except Exception as e:
+        for folder in created:
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
         raise FileNotFoundError(
             f"{path} does not exist and downloading it from {url} failed ({type(e).__name__}: {e}). "
             f"Download {os.path.basename(path)} yourself and put it in {os.path.dirname(path)}, "

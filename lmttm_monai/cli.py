@@ -1,0 +1,357 @@
+"""``lmttm-monai``: the project's command line, a thin layer over the bundles' own configs.
+
+Every command runs the same config files as ``python -m monai.bundle`` (through MONAI's ``ConfigWorkflow``), takes
+the same ``--key value`` overrides, and adds what a person at a terminal needs: the bundle found by name, an output
+folder per run so nothing an earlier run wrote is replaced, override keys checked against the config, one-line
+errors, and a one-line summary at the end. ``python -m monai.bundle`` stays the primary, documented path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lmttm_monai.errors import UserError
+
+__all__ = ["CLIError", "find_bundle", "main"]
+
+PROG = "lmttm-monai"
+REPO_BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+RUNS_ROOT = "runs"
+# what each command reads, after the bundle's own configs/ folder
+COMMAND_CONFIGS = {
+    "train": ["train.json"],
+    "evaluate": ["train.json", "evaluate.json"],
+    "infer": ["inference.json"],
+}
+# warnings every bundle run prints that tell a user nothing (MONAI's notice that configs are evaluated, deprecation
+# notices from inside MONAI and torch); --debug shows them
+QUIET_WARNINGS = (
+    {"message": r".*is passed to Python `eval\(\)`.*", "category": UserWarning},
+    {"category": DeprecationWarning},
+    {"category": FutureWarning, "module": r"(monai|torch|ignite)\..*"},
+)
+
+
+class CLIError(UserError):
+    """A mistake the user can fix; its message is one line that says what and how."""
+
+
+def _bundle_names() -> list[str]:
+    roots = [Path.cwd() / "bundles", REPO_BUNDLES]
+    return sorted({p.name for root in roots if root.is_dir() for p in root.iterdir() if (p / "configs").is_dir()})
+
+
+def find_bundle(bundle: str | os.PathLike) -> Path:
+    """A bundle folder: a path holding ``configs/metadata.json``, or the name of one under ``./bundles`` or the
+    checkout's ``bundles/``."""
+    path = Path(bundle).expanduser()
+    candidates = [path, Path.cwd() / "bundles" / str(bundle), REPO_BUNDLES / str(bundle)]
+    for candidate in candidates:
+        if (candidate / "configs" / "metadata.json").is_file():
+            return candidate.resolve()
+    raise CLIError(
+        f"no bundle {str(bundle)!r}: give a bundle folder (one holding configs/metadata.json) or one of "
+        f"{', '.join(_bundle_names()) or '(none found)'}"
+    )
+
+
+def _config_files(root: Path, command: str, overlays: Any) -> list[str]:
+    if isinstance(overlays, str):
+        overlays = [o for o in overlays.split(",") if o]
+    files = [root / "configs" / name for name in COMMAND_CONFIGS[command]]
+    for overlay in overlays or []:
+        path = Path(overlay) if Path(overlay).is_file() else root / "configs" / str(overlay)
+        if not path.is_file():
+            available = sorted(p.name for p in (root / "configs").glob("*.json"))
+            raise CLIError(f"no overlay {overlay!r} in {root / 'configs'}: choose from {', '.join(available)}")
+        files.append(path)
+    return [str(f) for f in files]
+
+
+def _check_override_keys(parser, overrides: dict) -> None:
+    """Reject override keys the configs do not have, as a typo would otherwise be added silently.
+
+    ``a#b#c`` is accepted when it exists, or when ``a#b`` is a component (a dict with ``_target_``): MONAI passes
+    new keys of a component to its constructor (``--train#trainer#epoch_length 2``).
+    """
+    top_level = sorted(k for k in parser.config if not k.startswith("_"))
+    for key in overrides:
+        if key in parser:
+            continue
+        parent = key.rsplit("#", 1)[0] if "#" in key else None
+        if parent is not None and parent in parser and isinstance(parser[parent], dict) and "_target_" in parser[parent]:
+            continue
+        close = difflib.get_close_matches(key, top_level, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise CLIError(f"unknown override key {key!r}{hint}; this bundle's keys are: {', '.join(top_level)}")
+
+
+def _run_dir(root: Path, command: str, output_dir: str | None, overwrite: bool) -> Path:
+    if output_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(RUNS_ROOT) / root.name / f"{stamp}-{command}"
+        suffix = 1
+        while run_dir.exists():  # two runs in the same second
+            suffix += 1
+            run_dir = Path(RUNS_ROOT) / root.name / f"{stamp}-{command}-{suffix}"
+    else:
+        run_dir = Path(output_dir).expanduser()
+        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+            raise CLIError(f"{run_dir} already holds an earlier run's outputs: pick another --output_dir or pass --overwrite")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir.resolve()
+
+
+def _latest_checkpoint(root: Path) -> Path:
+    """The checkpoint evaluation and inference use by default: the latest ``lmttm-monai train`` run's, else the
+    bundle's own ``models/model.pt`` (a downloaded release, or a ``python -m monai.bundle`` training)."""
+    runs = sorted(Path(RUNS_ROOT, root.name).glob("*-train*/models/model.pt"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].parent.resolve() if runs else root / "models"
+
+
+def _log_to(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    for name in ("ignite", "monai"):  # MONAI's logging.conf stops these at their own handlers
+        logging.getLogger(name).addHandler(handler)
+    return handler
+
+
+def _metric_text(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
+def _run(command: str, bundle: str, overlays: Any, output_dir: str | None, overwrite: bool, overrides: dict) -> str:
+    from monai.bundle import ConfigParser, ConfigWorkflow
+
+    root = find_bundle(bundle)
+    files = _config_files(root, command, overlays)
+    parser = ConfigParser()
+    parser.read_config(files)
+    _check_override_keys(parser, overrides)
+    run_dir = _run_dir(root, command, output_dir, overwrite)
+    settings = {"bundle_root": str(root), "output_dir": str(run_dir), **overrides}
+    if command == "train":
+        settings.setdefault("ckpt_dir", str(run_dir / "models"))
+    else:
+        settings.setdefault("ckpt_dir", str(_latest_checkpoint(root)))
+    ckpt = Path(settings["ckpt_dir"]) / "model.pt"
+    handler = _log_to(run_dir)
+    try:
+        workflow = ConfigWorkflow(
+            config_file=files,
+            meta_file=str(root / "configs" / "metadata.json"),
+            logging_file=str(root / "configs" / "logging.conf"),
+            workflow_type="infer" if command == "infer" else "train",
+            **settings,
+        )
+        ConfigParser.export_config_file(workflow.parser.config, str(run_dir / "config.json"), indent=4)
+        started = time.time()
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+        seconds = time.time() - started
+        summary = _summary(command, workflow.parser, seconds)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        for name in ("ignite", "monai"):
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=4) + "\n")
+    where = f"outputs in {run_dir}"
+    if command == "train":
+        where += f" (checkpoint {ckpt})"
+    else:
+        where += f" (weights {ckpt})"
+    return f"{PROG} {command} {root.name}: {summary['text']} in {seconds:.0f} s; {where}"
+
+
+def _summary(command: str, parser, seconds: float) -> dict:
+    if command == "train":
+        trainer = parser.get_parsed_content("train#trainer")
+        evaluator = parser.get_parsed_content("validate#evaluator")
+        state = evaluator.state
+        name = getattr(state, "key_metric_name", None) or "key metric"
+        text = f"{trainer.state.epoch} epochs"
+        if state.best_metric_epoch is not None and state.best_metric_epoch > 0:
+            text += f", best {name} {state.best_metric:.4f} (epoch {state.best_metric_epoch})"
+        return {"text": text, "epochs": trainer.state.epoch, "best_metric": state.best_metric,
+                "best_metric_epoch": state.best_metric_epoch, "key_metric": name, "seconds": seconds}  # fmt: skip
+    evaluator = parser.get_parsed_content("validate#evaluator" if command == "evaluate" else "evaluator")
+    metrics = {k: float(v) if isinstance(v, (int, float)) else str(v) for k, v in evaluator.state.metrics.items()}
+    if command == "evaluate":
+        return {"text": _metric_text(metrics) or "evaluated", "metrics": metrics, "seconds": seconds}
+    n = len(evaluator.data_loader.dataset)
+    return {"text": f"{n} input{'s' if n != 1 else ''} inferred", "items": n, "seconds": seconds}
+
+
+class Commands:
+    """Memory-based networks for MONAI (LMTTM, TTM, Memory-Attention, SALSTM / LSTMSA) and their bundles.
+
+    Every command runs a bundle's own configs, the same as `python -m monai.bundle`, and takes the same
+    `--key value` overrides. Each run writes into its own folder under runs/BUNDLE/ (or --output_dir).
+    Errors end with one line saying what is wrong; --debug shows the full traceback.
+    """
+
+    def list(self) -> str:
+        """List the networks (registry names) and the bundles.
+
+        Example: lmttm-monai list
+        """
+        from lmttm_monai.networks import NETWORKS
+
+        lines = ["networks (lmttm_monai.networks.get_network(NAME, ...)):"]
+        for name in NETWORKS.names:
+            lines.append(f"  {name:20s} {NETWORKS.components[name].description}")
+        lines.append("bundles (lmttm-monai train|evaluate|infer NAME):")
+        for name in _bundle_names():
+            meta = json.loads((find_bundle(name) / "configs" / "metadata.json").read_text())
+            lines.append(f"  {name:20s} v{meta['version']}  {meta.get('name', '')}")
+        return "\n".join(lines)
+
+    def train(self, bundle: str, overlays=None, output_dir=None, overwrite=False, **overrides) -> str:
+        """Train a bundle: configs/train.json (+ --overlays), the checkpoint goes to the run folder's models/.
+
+        Example: lmttm-monai train lmttm --dataset_dir ~/.medmnist --epochs 10
+                 lmttm-monai train lmttm --overlays ttm.json --dataset_dir ~/.medmnist
+        """
+        return _run("train", bundle, overlays, output_dir, overwrite, overrides)
+
+    def evaluate(self, bundle: str, overlays=None, output_dir=None, overwrite=False, **overrides) -> str:
+        """Evaluate a checkpoint on the test split: train.json + evaluate.json (+ --overlays).
+
+        The checkpoint is --ckpt_dir's model.pt, else the latest `lmttm-monai train` run's, else the bundle's
+        models/model.pt; the summary says which.
+        Example: lmttm-monai evaluate lmttm --dataset_dir ~/.medmnist
+        """
+        return _run("evaluate", bundle, overlays, output_dir, overwrite, overrides)
+
+    def infer(self, bundle: str, input=None, overlays=None, output_dir=None, overwrite=False, **overrides) -> str:  # noqa: A002
+        """Infer with a bundle: inference.json (+ --overlays) on --input FOLDER (default: the test split).
+
+        Checkpoint as for evaluate.
+        Example: lmttm-monai infer mam_swinunetr --input path/to/volumes
+        """
+        if input is not None:
+            overrides["input_dir"] = str(Path(str(input)).expanduser().resolve())
+        return _run("infer", bundle, overlays, output_dir, overwrite, overrides)
+
+    def export(self, bundle: str, filepath=None, ckpt_dir=None, overlays=None, **overrides) -> str:
+        """Export a checkpoint to TorchScript with MONAI's ckpt_export (traced for bundles that cannot be scripted).
+
+        Example: lmttm-monai export lmttm --filepath lmttm.ts
+        """
+        from monai.bundle import ckpt_export
+
+        from lmttm_monai import zoo
+
+        root = find_bundle(bundle)
+        files = _config_files(root, "infer", overlays)
+        ckpt = Path(ckpt_dir).expanduser() if ckpt_dir else _latest_checkpoint(root)
+        if not (ckpt / "model.pt").is_file():
+            raise CLIError(f"{ckpt / 'model.pt'} does not exist: train the bundle first, or pass --ckpt_dir")
+        target = Path(filepath).expanduser() if filepath else ckpt / "model.ts"
+        traced = root.name in zoo.NOT_SCRIPTABLE
+        extra = {"use_trace": True, "input_shape": zoo.input_shape(zoo.load_metadata(root))} if traced else {}
+        ckpt_export(
+            net_id="network_def", filepath=str(target), ckpt_file=str(ckpt / "model.pt"),
+            meta_file=str(root / "configs" / "metadata.json"), config_file=files, bundle_root=str(root),
+            **extra, **overrides,
+        )  # fmt: skip
+        return f"{PROG} export {root.name}: {'traced' if traced else 'scripted'} {ckpt / 'model.pt'} to {target}"
+
+    def verify(self, bundle: str, require_weights: bool = False) -> None:
+        """Run model-zoo's checks that work offline (python -m lmttm_monai.release verify): files, version, metadata,
+        pins, network in/out; with --require_weights also the weights and their TorchScript export.
+
+        Example: lmttm-monai verify lmttm
+        """
+        from lmttm_monai import release
+
+        release.verify(str(find_bundle(bundle)), require_weights=require_weights)
+
+    def package(self, bundle: str, **options) -> None:
+        """Check a bundle and write its release zip (python -m lmttm_monai.release package).
+
+        Example: lmttm-monai package lmttm --output_dir dist --repo OWNER/REPO
+        """
+        from lmttm_monai import release
+
+        release.package(str(find_bundle(bundle)), **options)
+
+    def download(self, name: str, **options) -> None:
+        """Download and unpack a released bundle (python -m lmttm_monai.release download).
+
+        Example: lmttm-monai download lmttm --version 0.2.0 --repo OWNER/REPO/lmttm_v0.2.0 --bundle_dir downloaded
+        """
+        from lmttm_monai import release
+
+        release.download(name=name, **options)
+
+
+def _usage(commands: list[str]) -> str:
+    lines = [f"usage: {PROG} COMMAND [ARGS] [--key value ...] [--debug]", "", *Commands.__doc__.strip().splitlines(), ""]
+    lines.append("commands:")
+    for name in commands:
+        lines.append(f"  {name:10s} {getattr(Commands, name).__doc__.strip().splitlines()[0]}")
+    lines.append(f"\n{PROG} COMMAND --help shows a command's options and an example.")
+    return "\n".join(line.rstrip() if not line.startswith("    ") else line[4:] for line in lines)
+
+
+def _quiet_warnings() -> None:
+    for rule in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", **rule)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``lmttm-monai`` console script."""
+    import fire
+
+    from lmttm_monai.errors import debug_enabled, one_line
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or debug_enabled()
+    args = [a for a in args if a != "--debug"]
+    commands = [name for name in dir(Commands) if not name.startswith("_")]
+    if not args or args[0] in ("--help", "-h"):
+        print(_usage(commands))
+        return
+    if ("--help" in args or "-h" in args) and "--" not in args:
+        # fire's own form: without the separator, `train --help` first fails for the missing BUNDLE (exit 2)
+        args = [a for a in args if a not in ("--help", "-h")] + ["--", "--help"]
+    if not args[0].startswith("-") and args[0] not in commands:
+        close = difflib.get_close_matches(args[0], commands, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        print(f"{PROG}: error: unknown command {args[0]!r}{hint}; commands: {', '.join(commands)}", file=sys.stderr)
+        sys.exit(2)
+    if debug:
+        from lmttm_monai.errors import DEBUG_ENV
+
+        os.environ[DEBUG_ENV] = "1"  # the bundle configs' exception hook then keeps the traceback too
+    else:
+        _quiet_warnings()
+    try:
+        # fire prints a command's returned text (the summary line) itself; the console script's wrapper passes
+        # main's return value to sys.exit, so nothing is returned
+        fire.Fire(Commands, command=args, name=PROG)
+    except (Exception, SystemExit) as error:
+        if isinstance(error, SystemExit):
+            raise
+        if debug:
+            raise
+        print(f"{PROG}: error: {one_line(error)}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Finding the error that says what went wrong in a chain of wrapped exceptions, and saying it on one line.
+
+MONAI's config machinery and ignite re-raise the real error ``from`` their own (``Failed to instantiate component``,
+``Failed to evaluate ConfigExpression``); these functions dig it out. No side effects: importing
+:mod:`lmttm_monai.readable_errors` is what installs them as the exception hook of a bundle run.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+
+__all__ = ["DEBUG_ENV", "UserError", "debug_enabled", "one_line", "root_cause"]
+
+DEBUG_ENV = "LMTTM_DEBUG"
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class UserError(Exception):
+    """A mistake the user can fix, whose message already says what and how: shown without its type name."""
+
+
+def debug_enabled() -> bool:
+    """Whether the user asked for full tracebacks (``LMTTM_DEBUG=1``)."""
+    return os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from or while handling, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return chain
+
+
+def _raised_here(error: BaseException) -> bool:
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(_PACKAGE_DIR + os.sep)
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The exception that says what went wrong.
+
+    The innermost exception of the chain raised by this package's own code when there is one: its message names
+    the file and the fix, and what lies below it (a ``BadZipFile``, a ``URLError``) is what it explains. Otherwise
+    the innermost exception of the chain (MONAI's and ignite's wrappers re-raise ``from`` the real error).
+    """
+    chain = _chain(error)
+    for candidate in reversed(chain):
+        if _raised_here(candidate):
+            return candidate
+    return chain[-1]
+
+
+def one_line(error: BaseException) -> str:
+    """``"<type>: <message>"`` of ``root_cause(error)`` (just the message for a :class:`UserError`), whitespace folded
+    onto one line."""
+    cause = root_cause(error)
+    message = " ".join(str(cause).split())
+    if isinstance(cause, UserError) and message:
+        return message
+    return f"{type(cause).__name__}: {message}" if message else type(cause).__name__

@@ -1,0 +1,42 @@
+"""Readable errors for bundle runs: the root cause as the last line, not MONAI's wrapper.
+
+A mistake in a bundle's data or config surfaces, through ``python -m monai.bundle``, as a traceback of 60-130 lines
+ending in MONAI's generic ``RuntimeError: Failed to instantiate component ...`` or ``Failed to evaluate
+ConfigExpression``; the message that says what is wrong (a missing file, an unknown dataset, a batch size of 0) is
+buried in the middle. Importing this module (the bundle configs list ``"$import lmttm_monai.readable_errors"`` in
+their ``imports``, which MONAI executes while it parses the config) installs an exception hook that prints only
+
+    error: <root cause's type>: <its message, on one line>
+
+as the last line, with a hint above it (the root cause as :func:`lmttm_monai.errors.root_cause` finds it).
+``LMTTM_DEBUG=1`` keeps Python's full traceback. ``lmttm-monai`` uses the same functions for its own errors
+(``--debug`` there).
+"""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+
+from lmttm_monai.errors import DEBUG_ENV, debug_enabled, one_line
+
+__all__ = ["install"]
+
+
+def _excepthook(
+    exc_type: type[BaseException], error: BaseException, tb: TracebackType | None, *, previous=sys.__excepthook__
+) -> None:
+    if debug_enabled() or not isinstance(error, Exception):  # Ctrl-C and SystemExit keep Python's own handling
+        previous(exc_type, error, tb)
+        return
+    print(f"(set {DEBUG_ENV}=1 for the full traceback)", file=sys.stderr)
+    print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+
+
+def install() -> None:
+    """Install the hook, once, and only over Python's default one (never over a hook someone else set)."""
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _excepthook
+
+
+install()

@@ -1,0 +1,180 @@
+"""The ``lmttm-monai`` command line and the one-line errors of bundle runs (``lmttm-monai`` and
+``python -m monai.bundle``), run as a user runs them: the installed console script, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bundle_helpers import run_module
+from conftest import REPO_ROOT
+
+CLI = Path(sys.executable).parent / "lmttm-monai"  # the console script pip installed next to this interpreter
+LMTTM_TRAIN = str(REPO_ROOT / "bundles" / "lmttm" / "configs" / "train.json")
+QUICK = ["--epochs", "1", "--batch_size", "8", "--num_workers", "0", "--train#trainer#epoch_length", "2"]
+
+
+def cli(*args: str, cwd: Path = REPO_ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(CLI), *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900
+    )
+
+
+def last_line(result: subprocess.CompletedProcess) -> str:
+    """The last line a run wrote to stdout: the summary (progress bars and logs go to stderr)."""
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def last_stderr_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+@pytest.mark.parametrize("command", ["list", "train", "evaluate", "infer", "export", "verify", "package", "download"])
+def test_every_command_has_help_with_an_example(command):
+    result = cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Example: lmttm-monai" in result.stdout + result.stderr  # fire writes help to stderr
+
+
+def test_top_level_help_lists_the_commands():
+    result = cli("--help")
+    assert result.returncode == 0
+    for command in ("list", "train", "evaluate", "infer", "export", "verify", "package", "download"):
+        assert command in result.stdout + result.stderr
+
+
+def test_list_names_every_network_and_bundle():
+    result = cli("list")
+    assert result.returncode == 0, result.stderr
+    for name in ("lmttm", "ttm", "memory_unetr", "memory_swin_unetr", "salstm_unet", "mam_swinunetr", "mam_unetr"):
+        assert name in result.stdout
+
+
+def test_unknown_command_is_rejected_with_the_valid_ones():
+    result = cli("trian", "lmttm")
+    assert result.returncode == 2
+    assert "unknown command 'trian' (did you mean train?)" in last_stderr_line(result)
+    assert "evaluate" in last_stderr_line(result)
+
+
+def test_unknown_bundle_is_rejected_with_the_known_ones():
+    result = cli("train", "lmtm")
+    assert result.returncode == 1
+    assert last_stderr_line(result).startswith("lmttm-monai: error: no bundle 'lmtm'")
+    assert "mam_swinunetr" in last_stderr_line(result)
+
+
+def test_unknown_override_key_is_rejected_with_a_suggestion_and_the_valid_keys(tmp_path):
+    result = cli("train", "lmttm", "--epoch", "3", cwd=tmp_path)
+    assert result.returncode == 1
+    line = last_stderr_line(result)
+    assert "unknown override key 'epoch' (did you mean epochs" in line and "learning_rate" in line
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_train_evaluate_infer_each_write_their_own_run_folder_and_say_where(medmnist_dir, tmp_path):
+    data = ["--dataset_dir", str(medmnist_dir)]
+    train = cli("train", "lmttm", *data, *QUICK, cwd=tmp_path)
+    assert train.returncode == 0, train.stderr[-3000:]
+    summary = last_line(train)
+    assert summary.startswith("lmttm-monai train lmttm: 1 epochs, best val_auc 0.")
+    (train_dir,) = (tmp_path / "runs" / "lmttm").glob("*-train")
+    assert str(train_dir / "models" / "model.pt") in summary and (train_dir / "models" / "model.pt").is_file()
+    assert json.loads((train_dir / "summary.json").read_text())["epochs"] == 1
+    assert json.loads((train_dir / "config.json").read_text())["epochs"] == 1  # the config as run
+    assert "Epoch[1] Complete" in (train_dir / "log.txt").read_text()
+
+    # evaluation and inference take the latest training run's checkpoint by default, and say so
+    evaluate = cli("evaluate", "lmttm", *data, "--num_workers", "0", cwd=tmp_path)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    assert f"(weights {train_dir / 'models' / 'model.pt'})" in last_line(evaluate)
+    assert "test_auc 0." in last_line(evaluate)
+    (eval_dir,) = (tmp_path / "runs" / "lmttm").glob("*-evaluate")
+    assert (eval_dir / "metrics.csv").is_file()
+
+    out = tmp_path / "predictions"
+    infer = cli("infer", "lmttm", *data, "--num_workers", "0", "--output_dir", str(out), cwd=tmp_path)
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    assert "298 inputs inferred" in last_line(infer)
+    first = (out / "predictions.csv").read_bytes()
+    # a second run into the same folder is refused unless asked, and the first run's output is intact
+    again = cli("infer", "lmttm", *data, "--num_workers", "0", "--output_dir", str(out), cwd=tmp_path)
+    assert again.returncode == 1 and "already holds an earlier run's outputs" in last_stderr_line(again)
+    assert (out / "predictions.csv").read_bytes() == first
+    overwrite = cli("infer", "lmttm", *data, "--num_workers", "0", "--output_dir", str(out), "--overwrite", cwd=tmp_path)
+    assert overwrite.returncode == 0, overwrite.stderr[-3000:]
+
+
+def write_corrupt_npz(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adrenalmnist3d.npz").write_bytes(b"PK\x03\x04 this is not a whole zip file")
+    return folder
+
+
+def write_small_npz(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 4), ("val", 2), ("test", 2)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(n, 1).astype(np.uint8)
+    np.savez(folder / "adrenalmnist3d.npz", **arrays)
+    return folder
+
+
+# (name, arguments after the config, text the last line must hold); the data folders are made in tmp_path
+MISTAKES = [
+    ("corrupt_npz", ["--dataset_dir", "{corrupt}"], "is not a readable MedMNIST .npz file"),
+    ("unknown_dataset", ["--dataset_dir", "{small}", "--dataset_name", "pathmnist"], "unknown MedMNIST 3D dataset 'pathmnist'"),
+    ("wrong_image_size", ["--dataset_dir", "{small}", "--image_size", "32"], "size must be one of (28, 64)"),
+    ("missing_file", ["--dataset_dir", "{small}", "--dataset_name", "nodulemnist3d"], "nodulemnist3d.npz does not exist"),
+    ("batch_size_zero", ["--dataset_dir", "{small}", "--batch_size", "0"], "batch_size should be a positive integer"),
+]  # fmt: skip
+
+
+def _mistake_args(args: list[str], tmp_path: Path) -> list[str]:
+    folders = {"corrupt": write_corrupt_npz(tmp_path / "corrupt"), "small": write_small_npz(tmp_path / "small")}
+    return [a.format(**folders) for a in args]
+
+
+@pytest.mark.parametrize(("case", "args", "expected"), MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_bundle_mistake_ends_with_the_projects_own_message_through_monai_bundle(tmp_path, case, args, expected):
+    # nodulemnist3d is missing and cannot be downloaded: keep the download from trying the internet
+    url_env = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+    result = run_module("run", "training", "--config_file", LMTTM_TRAIN, *_mistake_args(args, tmp_path), *QUICK[:2],
+                        cwd=tmp_path, env=url_env)  # fmt: skip
+    assert result.returncode != 0
+    line = last_stderr_line(result)
+    assert line.startswith("error: ") and expected in line, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr  # the wrapper's traceback is not shown ...
+    debug = run_module("run", "training", "--config_file", LMTTM_TRAIN, *_mistake_args(args, tmp_path), *QUICK[:2],
+                       cwd=tmp_path, env={**url_env, "LMTTM_DEBUG": "1"})  # fmt: skip
+    assert debug.returncode != 0 and "Traceback" in debug.stderr  # ... unless asked for
+
+
+@pytest.mark.parametrize(("case", "args", "expected"), MISTAKES[:3], ids=[m[0] for m in MISTAKES[:3]])
+def test_bundle_mistake_ends_with_the_projects_own_message_through_the_cli(tmp_path, case, args, expected):
+    result = cli("train", "lmttm", *_mistake_args(args, tmp_path), *QUICK[:2], cwd=tmp_path)
+    assert result.returncode == 1
+    line = last_stderr_line(result)
+    assert line.startswith("lmttm-monai: error: ") and expected in line, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    debug = cli("train", "lmttm", *_mistake_args(args, tmp_path), *QUICK[:2], "--debug", cwd=tmp_path)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_segmentation_bundle_without_its_data_says_which_file_is_missing(tmp_path):
+    config = str(REPO_ROOT / "bundles" / "mam_swinunetr" / "configs" / "train.json")
+    result = run_module("run", "training", "--config_file", config, "--dataset_dir", str(tmp_path), cwd=tmp_path)
+    assert result.returncode != 0
+    line = last_stderr_line(result)
+    assert line.startswith("error: ") and str(tmp_path / "dataset.json") in line, result.stderr[-3000:]
