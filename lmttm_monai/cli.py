@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import logging
 import os
 import sys
 import time
@@ -118,13 +117,28 @@ def _latest_checkpoint(root: Path) -> Path:
     return runs[-1].parent.resolve() if runs else root / "models"
 
 
-def _log_to(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "log.txt")
-    handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
-    logging.getLogger().addHandler(handler)
-    for name in ("ignite", "monai"):  # MONAI's logging.conf stops these at their own handlers
-        logging.getLogger(name).addHandler(handler)
-    return handler
+class _Tee:
+    """Standard output that is also written to the run's ``log.txt``.
+
+    Every log line of a bundle run goes to standard output (the bundle's logging.conf and MONAI's own loggers,
+    several of which do not propagate to the root logger), while progress bars go to standard error; so the log
+    file is a copy of standard output, without the progress bars. Installed before the workflow is built, because
+    logging handlers keep the stream they were given.
+    """
+
+    def __init__(self, stream, path: Path) -> None:
+        self.stream, self.file = stream, open(path, "a", encoding="utf-8")
+
+    def write(self, text: str) -> int:
+        self.file.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+        self.stream.flush()
+
+    def __getattr__(self, name: str):  # isatty, fileno, encoding, ... of the real stream
+        return getattr(self.stream, name)
 
 
 def _metric_text(metrics: dict) -> str:
@@ -146,7 +160,8 @@ def _run(command: str, bundle: str, overlays: Any, output_dir: str | None, overw
     else:
         settings.setdefault("ckpt_dir", str(_latest_checkpoint(root)))
     ckpt = Path(settings["ckpt_dir"]) / "model.pt"
-    handler = _log_to(run_dir)
+    stdout = sys.stdout
+    sys.stdout = tee = _Tee(stdout, run_dir / "log.txt")
     try:
         workflow = ConfigWorkflow(
             config_file=files,
@@ -163,10 +178,8 @@ def _run(command: str, bundle: str, overlays: Any, output_dir: str | None, overw
         seconds = time.time() - started
         summary = _summary(command, workflow.parser, seconds)
     finally:
-        logging.getLogger().removeHandler(handler)
-        for name in ("ignite", "monai"):
-            logging.getLogger(name).removeHandler(handler)
-        handler.close()
+        sys.stdout = stdout
+        tee.file.close()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=4) + "\n")
     where = f"outputs in {run_dir}"
     if command == "train":

@@ -51,9 +51,10 @@ def test_evaluation_writes_official_metrics_over_the_whole_test_split(run_dirs, 
     metrics = {name: float(value) for name, value in read_rows(root / "eval" / "metrics.csv")}
     assert set(metrics) == {"test_auc", "test_acc"}
     assert 0.0 <= metrics["test_auc"] <= 1.0 and 0.0 <= metrics["test_acc"] <= 1.0
-    rows = read_rows(root / "eval" / "test_predictions.csv")
+    header, *rows = read_rows(root / "eval" / "test_predictions.csv")
+    assert header == ["filename", "prob_normal", "prob_hyperplasia", "predicted_class"]
     assert [r[0] for r in rows] == [f"adrenalmnist3d_test_{i:05d}" for i in range(298)]
-    scores = np.array([[float(v) for v in r[1:]] for r in rows])
+    scores = np.array([[float(v) for v in r[1:3]] for r in rows])
     np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)
     official = Evaluator("adrenalmnist3d", "test", size=28, root=str(medmnist_dir)).evaluate(scores)
     assert metrics["test_auc"] == pytest.approx(official.AUC, abs=1e-6)
@@ -62,12 +63,14 @@ def test_evaluation_writes_official_metrics_over_the_whole_test_split(run_dirs, 
 
 def test_inference_writes_probabilities_and_the_predicted_label_per_volume(run_dirs):
     root, _, _ = run_dirs
-    rows = read_rows(root / "eval" / "predictions.csv")
+    header, *rows = read_rows(root / "eval" / "predictions.csv")
+    # columns named by metadata's class names; the predicted class is an integer ("1", not "1.0")
+    assert header == ["filename", "prob_normal", "prob_hyperplasia", "predicted_class"]
     assert len(rows) == 298
     for row in rows:
-        probabilities, predicted = np.array([float(v) for v in row[1:3]]), float(row[3])
+        probabilities = np.array([float(v) for v in row[1:3]])
         assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
-        assert predicted == float(np.argmax(probabilities))
+        assert row[3] == str(int(np.argmax(probabilities)))
 
 
 def test_inference_on_a_folder_skips_bad_volumes_and_finishes_the_rest(run_dirs, medmnist_dir, tmp_path):
@@ -81,7 +84,7 @@ def test_inference_on_a_folder_skips_bad_volumes_and_finishes_the_rest(run_dirs,
     overrides = paths[:4] + ["--output_dir", str(out), "--input_dir", str(tmp_path), "--num_workers", "0"]
     log = bundle("run", "--config_file", INFERENCE, *overrides)
     assert "skipping" in log and "case_c.nii.gz" in log
-    rows = read_rows(out / "predictions.csv")
+    _, *rows = read_rows(out / "predictions.csv")
     assert [Path(r[0]).name for r in rows] == ["case_a.nii.gz", "case_b.npy"]
 
 

@@ -191,18 +191,19 @@ def test_lmttm_trains_through_config_workflow_with_the_zoo_properties(lmttm):
 def test_lmttm_trains_and_evaluates_through_config_workflow_with_the_zoo_properties(lmttm):
     output_dir = evaluate(lmttm)
     assert metric_names(output_dir) == {"test_auc", "test_acc"}
-    rows = read_rows(output_dir / "test_predictions.csv")
+    _, *rows = read_rows(output_dir / "test_predictions.csv")  # under the header row
     assert [row[0] for row in rows] == [f"adrenalmnist3d_test_{i:05d}" for i in range(4)]
 
 
 def test_lmttm_infers_through_config_workflow_with_the_zoo_properties(lmttm):
     output_dir, inferrer = infer(lmttm)
     assert_loaded_the_trained_checkpoint(lmttm, inferrer)
-    rows = read_rows(output_dir / "predictions.csv")
+    header, *rows = read_rows(output_dir / "predictions.csv")
+    assert header == ["filename", "prob_normal", "prob_hyperplasia", "predicted_class"]
     assert [row[0] for row in rows] == [f"adrenalmnist3d_test_{i:05d}" for i in range(4)]
     for row in rows:  # two class probabilities, then the predicted class
         probabilities = np.array([float(v) for v in row[1:3]])
-        assert probabilities.sum() == pytest.approx(1.0, abs=1e-5) and float(row[3]) == probabilities.argmax()
+        assert probabilities.sum() == pytest.approx(1.0, abs=1e-5) and row[3] == str(probabilities.argmax())
 
 
 # mam_swinunetr: Task04 Hippocampus, 3D

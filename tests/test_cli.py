@@ -17,7 +17,7 @@ from conftest import REPO_ROOT
 
 CLI = Path(sys.executable).parent / "lmttm-monai"  # the console script pip installed next to this interpreter
 LMTTM_TRAIN = str(REPO_ROOT / "bundles" / "lmttm" / "configs" / "train.json")
-QUICK = ["--epochs", "1", "--batch_size", "8", "--num_workers", "0", "--train#trainer#epoch_length", "2"]
+QUICK = ["--epochs", "1", "--batch_size", "8", "--num_workers", "0", "--epoch_length", "2"]
 
 
 def cli(*args: str, cwd: Path = REPO_ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -91,7 +91,9 @@ def test_train_evaluate_infer_each_write_their_own_run_folder_and_say_where(medm
     assert str(train_dir / "models" / "model.pt") in summary and (train_dir / "models" / "model.pt").is_file()
     assert json.loads((train_dir / "summary.json").read_text())["epochs"] == 1
     assert json.loads((train_dir / "config.json").read_text())["epochs"] == 1  # the config as run
-    assert "Epoch[1] Complete" in (train_dir / "log.txt").read_text()
+    log = (train_dir / "log.txt").read_text()
+    assert "Epoch[1] Complete" in log and "Epoch: 1/1, Iter: 2/2 -- train_loss" in log  # epoch_length 2
+    assert "Iter: 3/" not in log and "100%" not in log  # the progress bar stays on the console
 
     # evaluation and inference take the latest training run's checkpoint by default, and say so
     evaluate = cli("evaluate", "lmttm", *data, "--num_workers", "0", cwd=tmp_path)

@@ -130,7 +130,8 @@ def files_under(folder: Path) -> dict[str, bytes]:
 
 def read_predictions(path: Path) -> tuple[list[str], np.ndarray]:
     with open(path, newline="") as f:
-        rows = [row for row in csv.reader(f) if row]
+        header, *rows = [row for row in csv.reader(f) if row]
+    assert header[0] == "filename"
     return [r[0] for r in rows], np.array([[float(v) for v in r[1:]] for r in rows])
 
 

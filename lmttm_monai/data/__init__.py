@@ -1,3 +1,4 @@
+from lmttm_monai.data.csv_saver import ClassProbabilitySaver
 from lmttm_monai.data.drive import DRIVE_SPLITS, drive_datalist
 from lmttm_monai.data.medmnist3d import (
     MEDMNIST_3D_NAMES,
@@ -14,6 +15,7 @@ from lmttm_monai.data.sitk_io import SaveLikeInputd, SimpleITKReader, SimpleITKW
 from lmttm_monai.data.volumes import image_datalist, volume_datalist
 
 __all__ = [
+    "ClassProbabilitySaver",
     "DRIVE_SPLITS",
     "drive_datalist",
     "MEDMNIST_3D_NAMES",
