@@ -127,7 +127,7 @@ class _Tee:
     """
 
     def __init__(self, stream, path: Path) -> None:
-        self.stream, self.file = stream, open(path, "a", encoding="utf-8")
+        self.stream, self.file = stream, open(path, "w", encoding="utf-8")  # a run folder holds one run
 
     def write(self, text: str) -> int:
         self.file.write(text)
