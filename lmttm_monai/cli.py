@@ -154,7 +154,8 @@ def _run(command: str, bundle: str, overlays: Any, output_dir: str | None, overw
     parser.read_config(files)
     _check_override_keys(parser, overrides)
     run_dir = _run_dir(root, command, output_dir, overwrite)
-    settings = {"bundle_root": str(root), "output_dir": str(run_dir), **overrides}
+    # overwrite reaches the configs' own guard too (lmttm_monai.outputs), e.g. for a --ckpt_dir that holds a model.pt
+    settings = {"bundle_root": str(root), "output_dir": str(run_dir), "overwrite": bool(overwrite), **overrides}
     if command == "train":
         settings.setdefault("ckpt_dir", str(run_dir / "models"))
     else:
@@ -250,10 +251,11 @@ class Commands:
         return _run("evaluate", bundle, overlays, output_dir, overwrite, overrides)
 
     def infer(self, bundle: str, input=None, overlays=None, output_dir=None, overwrite=False, **overrides) -> str:  # noqa: A002
-        """Infer with a bundle: inference.json (+ --overlays) on --input FOLDER (default: the test split).
+        """Infer with a bundle: inference.json (+ --overlays) on --input FOLDER or one FILE (default: the test split).
 
-        Checkpoint as for evaluate.
+        A folder's unreadable files are skipped and reported, the rest inferred. Checkpoint as for evaluate.
         Example: lmttm-monai infer mam_swinunetr --input path/to/volumes
+                 lmttm-monai infer lmttm --input scan.nii.gz
         """
         if input is not None:
             overrides["input_dir"] = str(Path(str(input)).expanduser().resolve())

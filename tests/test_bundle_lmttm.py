@@ -102,18 +102,23 @@ def test_ttm_overlay_trains_the_ttm_ablation_and_exports(medmnist_dir, tmp_path)
     assert_export_matches_eager(tmp_path / "models", CONFIGS / "metadata.json", [INFERENCE, ttm], x)
 
 
-def test_default_dataset_dir_and_bundle_root_work_from_the_repository_root(medmnist_dir, tmp_path, monkeypatch):
-    # a user who downloaded with medmnist has the file in ~/.medmnist: no override is needed
+def test_default_dataset_dir_is_medmnist_under_monai_data_directory_else_home_data(medmnist_dir, tmp_path, monkeypatch):
+    # one rule for every bundle: $MONAI_DATA_DIRECTORY/<folder>, and ~/data/<folder> when the variable is unset
     home = tmp_path / "home"
-    (home / ".medmnist").mkdir(parents=True)
-    os.symlink(medmnist_dir / "adrenalmnist3d.npz", home / ".medmnist" / "adrenalmnist3d.npz")
+    (home / "data" / "medmnist").mkdir(parents=True)
+    os.symlink(medmnist_dir / "adrenalmnist3d.npz", home / "data" / "medmnist" / "adrenalmnist3d.npz")
     monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("MONAI_DATA_DIRECTORY", raising=False)
     monkeypatch.chdir(REPO_ROOT)
     parser = ConfigParser()
     parser.read_config(TRAIN)
     assert parser.get_parsed_content("bundle_root") == "bundles/lmttm"
-    assert parser.get_parsed_content("dataset_dir") == str(home / ".medmnist")
+    assert parser.get_parsed_content("dataset_dir") == str(home / "data" / "medmnist")
     assert len(parser.get_parsed_content("validate#dataset")) == 98
+    monkeypatch.setenv("MONAI_DATA_DIRECTORY", str(medmnist_dir.parent))
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    assert parser.get_parsed_content("dataset_dir") == str(medmnist_dir.parent / "medmnist")
 
 
 def test_ckpt_export_writes_torchscript_with_the_eager_logits(run_dirs):

@@ -111,8 +111,9 @@ def test_plain_unet_overlay_trains_the_basic_unet_baseline_and_exports(hippocamp
     assert_export_matches_eager(models, CONFIGS / "metadata.json", [INFERENCE, UNET], torch.rand(3, 3, 64, 48))
 
 
-def test_configs_agree_and_find_the_shared_data_from_the_repository_root(hippocampus_dir, monkeypatch):
+def test_configs_agree_and_find_the_data_under_monai_data_directory_from_the_repository_root(hippocampus_dir, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setenv("MONAI_DATA_DIRECTORY", str(hippocampus_dir.parent))
     train, infer = ConfigParser(), ConfigParser()
     train.read_config(TRAIN)
     infer.read_config(INFERENCE)

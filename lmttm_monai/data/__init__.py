@@ -4,12 +4,12 @@ from lmttm_monai.data.medmnist3d import (
     MEDMNIST_3D_NAMES,
     MEDMNIST_SIZES,
     MedMNIST3DDataset,
-    default_dataset_dir,
     load_medmnist3d,
     medmnist3d_datalist,
     medmnist_info,
     medmnist_npz_path,
 )
+from lmttm_monai.data.paths import data_root, default_dataset_dir
 from lmttm_monai.data.segmentation import SPLITS, ValidateSegmentationd, decathlon_datalist, source_name
 from lmttm_monai.data.sitk_io import SaveLikeInputd, SimpleITKReader, SimpleITKWriter, output_ext_for
 from lmttm_monai.data.volumes import image_datalist, volume_datalist
@@ -26,6 +26,7 @@ __all__ = [
     "SimpleITKReader",
     "SimpleITKWriter",
     "ValidateSegmentationd",
+    "data_root",
     "decathlon_datalist",
     "default_dataset_dir",
     "image_datalist",

@@ -1,7 +1,8 @@
 """MedMNIST v2 3D datasets (Yang et al., Scientific Data 2023) as MONAI datasets.
 
 Files are read from ``dataset_dir`` with medmnist's own names (``{name}.npz`` for 28^3, ``{name}_{size}.npz``
-otherwise), so a folder a user filled with ``medmnist`` (default ``~/.medmnist``) works as it is. A missing
+otherwise), so a folder a user filled with ``medmnist`` (its ``~/.medmnist``) works as it is; the default folder is
+``$MONAI_DATA_DIRECTORY/medmnist`` (:func:`lmttm_monai.data.paths.default_dataset_dir`). A missing
 file is downloaded from the address in medmnist's ``INFO`` with MONAI's :func:`monai.apps.download_url`, which
 checks the MD5 listed there (medmnist's own downloader needs torchvision, which a CPU-only install lacks).
 Class count, label names and task type also come from ``INFO``, so changing dataset is one argument.
@@ -19,11 +20,12 @@ import torch
 from monai.data import Dataset, MetaTensor
 from monai.transforms import apply_transform
 
+from lmttm_monai.data.paths import default_dataset_dir
+
 __all__ = [
     "MEDMNIST_3D_NAMES",
     "MEDMNIST_SIZES",
     "MedMNIST3DDataset",
-    "default_dataset_dir",
     "load_medmnist3d",
     "medmnist3d_datalist",
     "medmnist_info",
@@ -52,11 +54,6 @@ def _info() -> dict[str, Any]:
             "'pip install medmnist==3.0.2' next to a CUDA torch with its torchvision."
         ) from e
     return INFO
-
-
-def default_dataset_dir() -> str:
-    """medmnist's own default root, ``~/.medmnist``."""
-    return os.path.join(os.path.expanduser("~"), ".medmnist")
 
 
 def _check_name(name: str) -> str:
@@ -90,7 +87,7 @@ def medmnist_npz_path(name: str, size: int = 28, dataset_dir: str | os.PathLike 
     key = _check_name(name)
     if size not in MEDMNIST_SIZES:
         raise ValueError(f"MedMNIST 3D image size must be one of {MEDMNIST_SIZES}, got {size}.")
-    folder = os.path.expanduser(str(dataset_dir)) if dataset_dir is not None else default_dataset_dir()
+    folder = os.path.expanduser(str(dataset_dir)) if dataset_dir is not None else default_dataset_dir("medmnist")
     return os.path.join(folder, f"{key}.npz" if size == 28 else f"{key}_{size}.npz")
 
 
@@ -134,7 +131,7 @@ def load_medmnist3d(
         name: one of :data:`MEDMNIST_3D_NAMES` (case-insensitive).
         split: ``"train"``, ``"val"`` or ``"test"``.
         size: 28 or 64.
-        dataset_dir: folder with the ``.npz`` files (default ``~/.medmnist``).
+        dataset_dir: folder with the ``.npz`` files (default ``$MONAI_DATA_DIRECTORY/medmnist``, ``~/data/medmnist``).
         download: download the file when it is missing.
         url: download address instead of the one in medmnist's INFO (a mirror); the MD5 is still checked.
 

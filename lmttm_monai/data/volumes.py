@@ -52,42 +52,36 @@ def image_datalist(
     unreadable file or series (for example a folder with two series), or one of the wrong dimensionality, is skipped
     with a warning that names it. Raises ``FileNotFoundError`` when the folder is missing or holds no usable
     image, ``ValueError`` for a ``spatial_dims`` other than 2 or 3.
+
+    ``folder`` may also be one image file (or one DICOM series folder): the list then holds that image, and a file
+    that cannot be used raises ``ValueError`` naming it instead of being skipped, since there is nothing else to run.
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
     folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"inference folder {folder} does not exist.")
     dicom_folders = spatial_dims == 3 and suffixes is None
     suffixes = tuple(suffixes or (VOLUME_SUFFIXES if spatial_dims == 3 else IMAGE_2D_SUFFIXES))
+    single = os.path.isfile(folder) or (dicom_folders and is_dicom_series_dir(folder))
+    if single:
+        if os.path.isfile(folder) and not folder.lower().endswith(suffixes):
+            raise ValueError(f"{folder}: not an image type this bundle reads ({', '.join(suffixes)}).")
+        problem = _problem(folder, spatial_dims)
+        if problem:
+            raise ValueError(f"{folder}: {problem}.")
+        return [{"image": folder}]
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"inference input {folder} does not exist (give a folder or one image file).")
     paths = sorted(
         p
         for p in glob.glob(os.path.join(folder, "*"))
         if (os.path.isfile(p) and p.lower().endswith(suffixes)) or (dicom_folders and is_dicom_series_dir(p))
     )
-    # MONAI picks PIL only for a few suffixes (not .tif or .gif); name it for every picture format. NIfTI and NumPy
-    # keep MONAI's default readers; MetaImage, NRRD and DICOM folders need SimpleITK, which MONAI does not pick itself
-    # (called directly rather than through LoadImage, which would retry every other reader and bury its one-line
-    # error under their tracebacks)
-    volume_loader, picture_loader = LoadImage(image_only=True), LoadImage(image_only=True, reader="PILReader")
-    sitk_reader = SimpleITKReader()
     items, skipped = [], []
     for path in paths:
-        try:
-            if path.lower().endswith(PICTURE_SUFFIXES):
-                shape = tuple(picture_loader(path).shape)
-            elif os.path.isdir(path) or path.lower().endswith(_SIMPLEITK_ONLY_SUFFIXES):
-                shape = tuple(sitk_reader.get_data(sitk_reader.read(path))[0].shape)
-            else:
-                shape = tuple(volume_loader(path).shape)
-        except Exception as e:  # any reader error means this one file is unusable
+        problem = _problem(path, spatial_dims)
+        if problem:
             skipped.append(path)
-            logger.warning("skipping %s: cannot be read as an image (%s: %s)", path, type(e).__name__, e)
-            continue
-        if not _shape_fits(shape, spatial_dims):
-            skipped.append(path)
-            kind = "3D single-channel volume" if spatial_dims == 3 else "2D grey or RGB image"
-            logger.warning("skipping %s: expected a %s, got shape %s", path, kind, shape)
+            logger.warning("skipping %s: %s", path, problem)
             continue
         items.append({"image": path})
     if not items:
@@ -101,3 +95,25 @@ def image_datalist(
     if skipped:
         logger.warning("skipped %d of %d files in %s", len(skipped), len(paths), folder)
     return items
+
+
+def _problem(path: str, spatial_dims: int) -> str | None:
+    """Why ``path`` cannot be inferred on (it is read once), or ``None`` when it can."""
+    # MONAI picks PIL only for a few suffixes (not .tif or .gif); name it for every picture format. NIfTI and NumPy
+    # keep MONAI's default readers; MetaImage, NRRD and DICOM folders need SimpleITK, which MONAI does not pick itself
+    # (called directly rather than through LoadImage, which would retry every other reader and bury its one-line
+    # error under their tracebacks)
+    try:
+        if path.lower().endswith(PICTURE_SUFFIXES):
+            shape = tuple(LoadImage(image_only=True, reader="PILReader")(path).shape)
+        elif os.path.isdir(path) or path.lower().endswith(_SIMPLEITK_ONLY_SUFFIXES):
+            reader = SimpleITKReader()
+            shape = tuple(reader.get_data(reader.read(path))[0].shape)
+        else:
+            shape = tuple(LoadImage(image_only=True)(path).shape)
+    except Exception as e:  # any reader error means this one file is unusable
+        return f"cannot be read as an image ({type(e).__name__}: {e})"
+    if not _shape_fits(shape, spatial_dims):
+        kind = "3D single-channel volume" if spatial_dims == 3 else "2D grey or RGB image"
+        return f"expected a {kind}, got shape {shape}"
+    return None
