@@ -13,12 +13,12 @@ import json
 import os
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lmttm_monai.errors import UserError
+from lmttm_monai.errors import UserError, quiet_warnings
+from lmttm_monai.outputs import as_bool
 
 __all__ = ["CLIError", "find_bundle", "main"]
 
@@ -31,15 +31,6 @@ COMMAND_CONFIGS = {
     "evaluate": ["train.json", "evaluate.json"],
     "infer": ["inference.json"],
 }
-# warnings every bundle run prints that tell a user nothing (MONAI's notice that configs are evaluated, deprecation
-# notices from inside MONAI and torch); --debug shows them
-QUIET_WARNINGS = (
-    {"message": r".*is passed to Python `eval\(\)`.*", "category": UserWarning},
-    {"category": DeprecationWarning},
-    {"category": FutureWarning, "module": r"(monai|torch|ignite)\..*"},
-)
-
-
 class CLIError(UserError):
     """A mistake the user can fix; its message is one line that says what and how."""
 
@@ -94,7 +85,31 @@ def _check_override_keys(parser, overrides: dict) -> None:
         raise CLIError(f"unknown override key {key!r}{hint}; this bundle's keys are: {', '.join(top_level)}")
 
 
-def _run_dir(root: Path, command: str, output_dir: str | None, overwrite: bool) -> Path:
+def _resumable_run(root: Path, overlays: list[str]) -> Path:
+    """The latest ``lmttm-monai train`` run of this bundle with these overlays that left a ``checkpoint.pt``."""
+    runs = []
+    for started in Path(RUNS_ROOT, root.name).glob("*-train*/run.json"):
+        try:
+            same = json.loads(started.read_text()).get("overlays", []) == overlays
+        except (OSError, ValueError):
+            continue
+        checkpoint = started.parent / "models" / "checkpoint.pt"
+        if same and checkpoint.is_file():
+            runs.append(checkpoint)
+    if not runs:
+        raise CLIError(
+            f"--resume: no earlier `{PROG} train {root.name}` run with overlays {overlays or 'none'} left a "
+            f"checkpoint under {Path(RUNS_ROOT, root.name)}; give its folder with --output_dir"
+        )
+    return max(runs, key=lambda p: p.stat().st_mtime).parents[1]
+
+
+def _run_dir(root: Path, command: str, output_dir: str | None, overwrite: bool, resume: bool = False) -> Path:
+    if resume:  # continue in the earlier run's folder: its checkpoint, its log
+        run_dir = Path(output_dir).expanduser() if output_dir is not None else None
+        if run_dir is not None and not (run_dir / "models" / "checkpoint.pt").is_file():
+            raise CLIError(f"--resume: {run_dir / 'models' / 'checkpoint.pt'} does not exist, so there is nothing to resume")
+        return run_dir.resolve() if run_dir is not None else None  # None: the caller picks the latest run
     if output_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(RUNS_ROOT) / root.name / f"{stamp}-{command}"
@@ -110,11 +125,27 @@ def _run_dir(root: Path, command: str, output_dir: str | None, overwrite: bool) 
     return run_dir.resolve()
 
 
-def _latest_checkpoint(root: Path) -> Path:
-    """The checkpoint evaluation and inference use by default: the latest ``lmttm-monai train`` run's, else the
-    bundle's own ``models/model.pt`` (a downloaded release, or a ``python -m monai.bundle`` training)."""
-    runs = sorted(Path(RUNS_ROOT, root.name).glob("*-train*/models/model.pt"), key=lambda p: p.stat().st_mtime)
+def _latest_checkpoint(root: Path, overlays: list[str] | None = None) -> Path:
+    """The checkpoint evaluation and inference use by default: that of the latest finished ``lmttm-monai train`` run
+    with the same overlays (a TTM run's weights do not fit the LMTTM network), else the bundle's own
+    ``models/model.pt`` (a downloaded release, or a ``python -m monai.bundle`` training)."""
+    overlays = overlays or []
+    runs = []
+    for summary in Path(RUNS_ROOT, root.name).glob("*-train*/summary.json"):  # written when a run finished
+        ckpt = summary.parent / "models" / "model.pt"
+        try:
+            same = json.loads(summary.read_text()).get("overlays", []) == overlays
+        except (OSError, ValueError):  # an unreadable summary: not a run to trust
+            continue
+        if same and ckpt.is_file():
+            runs.append(ckpt)
+    runs.sort(key=lambda p: p.stat().st_mtime)
     return runs[-1].parent.resolve() if runs else root / "models"
+
+
+def _overlay_names(command: str, files: list[str]) -> list[str]:
+    """The overlays of a run, by file name: its config files after the command's own."""
+    return [Path(f).name for f in files[len(COMMAND_CONFIGS[command]):]]
 
 
 class _Tee:
@@ -126,8 +157,9 @@ class _Tee:
     logging handlers keep the stream they were given.
     """
 
-    def __init__(self, stream, path: Path) -> None:
-        self.stream, self.file = stream, open(path, "w", encoding="utf-8")  # a run folder holds one run
+    def __init__(self, stream, path: Path, append: bool = False) -> None:
+        # a run folder holds one run; a resumed run continues its log
+        self.stream, self.file = stream, open(path, "a" if append else "w", encoding="utf-8")
 
     def write(self, text: str) -> int:
         self.file.write(text)
@@ -153,16 +185,18 @@ def _run(command: str, bundle: str, overlays: Any, output_dir: str | None, overw
     parser = ConfigParser()
     parser.read_config(files)
     _check_override_keys(parser, overrides)
-    run_dir = _run_dir(root, command, output_dir, overwrite)
+    resume = command == "train" and as_bool(overrides.get("resume", False), "resume")
+    run_dir = _run_dir(root, command, output_dir, overwrite, resume) or _resumable_run(root, _overlay_names(command, files))
+    (run_dir / "run.json").write_text(json.dumps({"command": command, "overlays": _overlay_names(command, files)}) + "\n")
     # overwrite reaches the configs' own guard too (lmttm_monai.outputs), e.g. for a --ckpt_dir that holds a model.pt
     settings = {"bundle_root": str(root), "output_dir": str(run_dir), "overwrite": bool(overwrite), **overrides}
     if command == "train":
         settings.setdefault("ckpt_dir", str(run_dir / "models"))
     else:
-        settings.setdefault("ckpt_dir", str(_latest_checkpoint(root)))
+        settings.setdefault("ckpt_dir", str(_latest_checkpoint(root, _overlay_names(command, files))))
     ckpt = Path(settings["ckpt_dir"]) / "model.pt"
     stdout = sys.stdout
-    sys.stdout = tee = _Tee(stdout, run_dir / "log.txt")
+    sys.stdout = tee = _Tee(stdout, run_dir / "log.txt", append=resume)
     try:
         workflow = ConfigWorkflow(
             config_file=files,
@@ -177,7 +211,7 @@ def _run(command: str, bundle: str, overlays: Any, output_dir: str | None, overw
         workflow.run()
         workflow.finalize()
         seconds = time.time() - started
-        summary = _summary(command, workflow.parser, seconds)
+        summary = {**_summary(command, workflow.parser, seconds), "overlays": _overlay_names(command, files)}
     finally:
         sys.stdout = stdout
         tee.file.close()
@@ -236,8 +270,12 @@ class Commands:
     def train(self, bundle: str, overlays=None, output_dir=None, overwrite=False, **overrides) -> str:
         """Train a bundle: configs/train.json (+ --overlays), the checkpoint goes to the run folder's models/.
 
-        Example: lmttm-monai train lmttm --dataset_dir ~/.medmnist --epochs 10
-                 lmttm-monai train lmttm --overlays ttm.json --dataset_dir ~/.medmnist
+        Every epoch leaves models/checkpoint.pt; --resume true continues a killed run (the latest with the same
+        overlays, or the one in --output_dir) after its last finished epoch, or says that it had finished.
+
+        Example: lmttm-monai train lmttm --dataset_dir ~/data/medmnist --epochs 10
+                 lmttm-monai train lmttm --overlays ttm.json
+                 lmttm-monai train lmttm --resume true
         """
         return _run("train", bundle, overlays, output_dir, overwrite, overrides)
 
@@ -246,7 +284,7 @@ class Commands:
 
         The checkpoint is --ckpt_dir's model.pt, else the latest `lmttm-monai train` run's, else the bundle's
         models/model.pt; the summary says which.
-        Example: lmttm-monai evaluate lmttm --dataset_dir ~/.medmnist
+        Example: lmttm-monai evaluate lmttm --dataset_dir ~/data/medmnist
         """
         return _run("evaluate", bundle, overlays, output_dir, overwrite, overrides)
 
@@ -272,7 +310,7 @@ class Commands:
 
         root = find_bundle(bundle)
         files = _config_files(root, "infer", overlays)
-        ckpt = Path(ckpt_dir).expanduser() if ckpt_dir else _latest_checkpoint(root)
+        ckpt = Path(ckpt_dir).expanduser() if ckpt_dir else _latest_checkpoint(root, _overlay_names("infer", files))
         if not (ckpt / "model.pt").is_file():
             raise CLIError(f"{ckpt / 'model.pt'} does not exist: train the bundle first, or pass --ckpt_dir")
         target = Path(filepath).expanduser() if filepath else ckpt / "model.ts"
@@ -323,11 +361,6 @@ def _usage(commands: list[str]) -> str:
     return "\n".join(line.rstrip() if not line.startswith("    ") else line[4:] for line in lines)
 
 
-def _quiet_warnings() -> None:
-    for rule in QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", **rule)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``lmttm-monai`` console script."""
     import fire
@@ -354,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         os.environ[DEBUG_ENV] = "1"  # the bundle configs' exception hook then keeps the traceback too
     else:
-        _quiet_warnings()
+        quiet_warnings()
     try:
         # fire prints a command's returned text (the summary line) itself; the console script's wrapper passes
         # main's return value to sys.exit, so nothing is returned

@@ -10,10 +10,27 @@ from __future__ import annotations
 import os
 import traceback
 
-__all__ = ["DEBUG_ENV", "UserError", "debug_enabled", "one_line", "root_cause"]
+__all__ = ["DEBUG_ENV", "QUIET_WARNINGS", "UserError", "debug_enabled", "one_line", "quiet_warnings", "root_cause"]
 
 DEBUG_ENV = "LMTTM_DEBUG"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+# warnings every bundle run prints that tell a user nothing (MONAI's notice that configs are evaluated, deprecation
+# notices from inside MONAI and torch); --debug / LMTTM_DEBUG=1 shows them
+QUIET_WARNINGS = (
+    {"message": r".*is passed to Python `eval\(\)`.*", "category": UserWarning},
+    {"category": DeprecationWarning},
+    {"category": FutureWarning, "module": r"(monai|torch|ignite)\..*"},
+)
+
+
+def quiet_warnings() -> None:
+    """Hide :data:`QUIET_WARNINGS` from here on (the process's warning filters)."""
+    import warnings
+
+    for rule in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", **rule)
 
 
 class UserError(Exception):

@@ -11,6 +11,12 @@ their ``imports``, which MONAI executes while it parses the config) installs an 
 as the last line, with a hint above it (the root cause as :func:`lmttm_monai.errors.root_cause` finds it).
 ``LMTTM_DEBUG=1`` keeps Python's full traceback. ``lmttm-monai`` uses the same functions for its own errors
 (``--debug`` there).
+
+It also hides, from that point of the run on, the warnings that tell a user nothing
+(:data:`lmttm_monai.errors.QUIET_WARNINGS`: deprecation notices from inside MONAI and torch), unless
+``LMTTM_DEBUG=1``. MONAI's security notice that a config's expressions are evaluated is printed once, by MONAI,
+before any config is read: no project code runs before it, and the project does not hide a security notice on
+MONAI's own command line (``lmttm-monai``, which runs only this project's configs, does).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import sys
 from types import TracebackType
 
-from lmttm_monai.errors import DEBUG_ENV, debug_enabled, one_line
+from lmttm_monai.errors import DEBUG_ENV, debug_enabled, one_line, quiet_warnings
 
 __all__ = ["install"]
 
@@ -34,9 +40,12 @@ def _excepthook(
 
 
 def install() -> None:
-    """Install the hook, once, and only over Python's default one (never over a hook someone else set)."""
+    """Install the hook, once, and only over Python's default one (never over a hook someone else set); hide the
+    uninformative warnings unless debugging."""
     if sys.excepthook is sys.__excepthook__:
         sys.excepthook = _excepthook
+    if not debug_enabled():
+        quiet_warnings()
 
 
 install()

@@ -116,6 +116,47 @@ def test_train_evaluate_infer_each_write_their_own_run_folder_and_say_where(medm
     assert overwrite.returncode == 0, overwrite.stderr[-3000:]
 
 
+def test_resume_continues_the_latest_train_run_in_its_own_folder_with_more_epochs(tmp_path, medmnist_dir):
+    data = ["--dataset_dir", str(medmnist_dir)]
+    first = cli("train", "lmttm", *data, *QUICK, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    longer = [("2" if previous == "--epochs" else arg) for previous, arg in zip(["", *QUICK], QUICK)]
+    resumed = cli("train", "lmttm", *data, *longer, "--resume", "true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs" / "lmttm").glob("*-train*")  # no second run folder
+    assert last_line(resumed).startswith("lmttm-monai train lmttm: 2 epochs") and str(run_dir) in last_line(resumed)
+    log = (run_dir / "log.txt").read_text()
+    assert "Epoch: 1/1, Iter: 2/2" in log and "resume: continuing after epoch 1 of 2" in log  # one log, both runs
+    nothing = cli("train", "lmttm", *data, "--resume", "true", "--output_dir", str(tmp_path / "empty"), cwd=tmp_path)
+    assert nothing.returncode == 1
+    assert last_stderr_line(nothing).endswith("checkpoint.pt does not exist, so there is nothing to resume")
+
+
+def test_default_checkpoint_is_the_latest_finished_train_run_with_the_same_overlays(tmp_path, monkeypatch):
+    from lmttm_monai import cli as cli_module
+
+    monkeypatch.chdir(tmp_path)
+    bundle = cli_module.find_bundle("lmttm")
+    runs = tmp_path / "runs" / "lmttm"
+
+    def finished_run(name: str, overlays: list[str], mtime: int, finished: bool = True) -> Path:
+        models = runs / name / "models"
+        models.mkdir(parents=True)
+        (models / "model.pt").write_bytes(b"weights")
+        os.utime(models / "model.pt", (mtime, mtime))
+        if finished:
+            (runs / name / "summary.json").write_text(json.dumps({"overlays": overlays}))
+        return models
+
+    assert cli_module._latest_checkpoint(bundle) == bundle / "models"  # no run yet: the bundle's own weights
+    lmttm = finished_run("20261201-100000-train", [], 100)
+    ttm = finished_run("20261201-110000-train", ["ttm.json"], 200)
+    finished_run("20261201-120000-train", [], 300, finished=False)  # killed: no summary, not used
+    assert cli_module._latest_checkpoint(bundle) == lmttm.resolve()
+    assert cli_module._latest_checkpoint(bundle, ["ttm.json"]) == ttm.resolve()
+    assert cli_module._overlay_names("evaluate", ["a/train.json", "a/evaluate.json", "a/ttm.json"]) == ["ttm.json"]
+
+
 def write_corrupt_npz(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "adrenalmnist3d.npz").write_bytes(b"PK\x03\x04 this is not a whole zip file")
@@ -180,3 +221,16 @@ def test_segmentation_bundle_without_its_data_says_which_file_is_missing(tmp_pat
     assert result.returncode != 0
     line = last_stderr_line(result)
     assert line.startswith("error: ") and str(tmp_path / "dataset.json") in line, result.stderr[-3000:]
+
+
+def test_bundle_runs_hide_deprecation_notices_unless_debugging():
+    code = (
+        "import warnings, lmttm_monai.readable_errors\n"
+        "warnings.warn('an internal deprecation', DeprecationWarning)\n"
+        "warnings.warn('a warning for the user', UserWarning)\n"
+    )
+    quiet = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True)
+    assert "a warning for the user" in quiet.stderr and "an internal deprecation" not in quiet.stderr
+    debug = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "LMTTM_DEBUG": "1"})  # fmt: skip
+    assert "an internal deprecation" in debug.stderr

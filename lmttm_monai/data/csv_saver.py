@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from monai.data import CSVSaver
 
+from lmttm_monai.outputs import atomic_path
+
 __all__ = ["ClassProbabilitySaver"]
 
 
@@ -26,6 +28,9 @@ class ClassProbabilitySaver(CSVSaver):
         class_names: the classes in index order (for the header), e.g. ``dataset_info['label_names']``.
         with_prediction: add the ``predicted_class`` column.
         overwrite: replace an existing file (MONAI's default); otherwise rows are added to it, under its header.
+
+    The file is written atomically when the run ends (:func:`lmttm_monai.outputs.atomic_path`): a killed run leaves
+    the earlier file as it was (MONAI's saver deletes it when it is created) and never a CSV cut short.
     """
 
     def __init__(
@@ -38,7 +43,9 @@ class ClassProbabilitySaver(CSVSaver):
     ) -> None:
         if not class_names:
             raise ValueError("class_names must name at least one class.")
-        super().__init__(output_dir=output_dir, filename=filename, overwrite=overwrite, flush=False, delimiter=",")
+        # MONAI removes the old file here when overwrite; this saver replaces it only once the new one is complete
+        super().__init__(output_dir=output_dir, filename=filename, overwrite=False, flush=False, delimiter=",")
+        self._replace = overwrite
         self.class_names = [str(name) for name in class_names]
         self.with_prediction = with_prediction
 
@@ -48,19 +55,23 @@ class ClassProbabilitySaver(CSVSaver):
 
     def finalize(self) -> None:
         """Write the cached rows (and the header, into a new file), then clear the cache."""
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        new = not self._filepath.exists() or self._filepath.stat().st_size == 0
-        with open(self._filepath, "a", newline="") as f:
+        rows = []
+        for name, values in self._cache_dict.items():
+            probabilities = values.flatten()
+            if len(probabilities) != len(self.class_names):
+                raise ValueError(
+                    f"{self._filepath}: {name} has {len(probabilities)} values but {len(self.class_names)} "
+                    "classes are named; the saver takes the class probabilities of each item."
+                )
+            row = [name, *(repr(float(p)) for p in probabilities)]
+            rows.append(row + ([int(probabilities.argmax())] if self.with_prediction else []))
+        keep = not self._replace and self._filepath.exists() and self._filepath.stat().st_size > 0
+        earlier = self._filepath.read_text() if keep else ""
+        with atomic_path(self._filepath) as tmp, open(tmp, "w", newline="") as f:
+            f.write(earlier)
             writer = csv.writer(f)
-            if new:
+            if not keep:
                 writer.writerow(self.header())
-            for name, values in self._cache_dict.items():
-                probabilities = values.flatten()
-                if len(probabilities) != len(self.class_names):
-                    raise ValueError(
-                        f"{self._filepath}: {name} has {len(probabilities)} values but {len(self.class_names)} "
-                        "classes are named; the saver takes the class probabilities of each item."
-                    )
-                row = [name, *(repr(float(p)) for p in probabilities)]
-                writer.writerow(row + ([int(probabilities.argmax())] if self.with_prediction else []))
+            writer.writerows(rows)
+        self._replace = False  # a later finalize of the same saver adds to what this one wrote
         self.reset_cache()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -136,7 +137,9 @@ def load_medmnist3d(
         url: download address instead of the one in medmnist's INFO (a mirror); the MD5 is still checked.
 
     Raises:
-        ValueError: unknown name, split or size; a file without the expected arrays; labels out of range.
+        ValueError: unknown name, split or size; an unreadable file, or one without the expected arrays; images
+            of the wrong shape or of a type other than uint8; an empty split; labels that are not whole numbers or
+            out of range.
         FileNotFoundError: the file is missing and could not be downloaded.
     """
     key = _check_name(name)
@@ -151,21 +154,41 @@ def load_medmnist3d(
         _download(key, size, path, url)
     keys = (f"{split}_images", f"{split}_labels")
     try:
+        # allow_pickle stays False: an .npz holding Python objects could run code when loaded
         with np.load(path) as npz:
-            missing = [k for k in keys if k not in npz.files]
+            held = list(npz.files)
+            missing = [k for k in keys if k not in held]
             images, labels = (None, None) if missing else (npz[keys[0]], npz[keys[1]])
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as e:
         raise ValueError(
             f"{path} is not a readable MedMNIST .npz file ({type(e).__name__}: {e}); delete it and download it again."
         ) from e
     if missing:
-        raise ValueError(f"{path} has no '{missing[0]}' array: it is not a MedMNIST file; delete it and download it again.")
+        raise ValueError(
+            f"{path} has no '{missing[0]}' array (it holds {', '.join(held) or 'none'}): it is not a MedMNIST file; "
+            "delete it and download it again."
+        )
     if images.ndim != 4 or images.shape[1:] != (size, size, size):
         raise ValueError(
             f"{path}: {split}_images has shape {images.shape}, expected [N, {size}, {size}, {size}]; "
             "is the size right for this file?"
         )
-    labels = labels.reshape(-1).astype(np.int64)
+    if images.dtype != np.uint8:
+        # the bundles scale 0..255 to 0..1: other types (floats, NaN, 16-bit) would be silently mis-scaled
+        raise ValueError(
+            f"{path}: {split}_images has voxels of type {images.dtype}, expected uint8 (0..255) as MedMNIST stores "
+            "them; convert them (for example numpy.clip(x, 0, 255).astype(numpy.uint8)) or download the file again."
+        )
+    if len(images) == 0:
+        raise ValueError(f"{path}: the {split} split holds no images.")
+    labels = labels.reshape(-1)
+    if labels.dtype.kind not in "biu" and not (
+        labels.dtype.kind == "f" and np.isfinite(labels).all() and (labels == np.round(labels)).all()
+    ):
+        raise ValueError(
+            f"{path}: {split}_labels must be whole class numbers, got {labels.dtype} values that are not all whole."
+        )
+    labels = labels.astype(np.int64)
     if len(labels) != len(images):
         raise ValueError(f"{path}: {len(images)} {split} images but {len(labels)} labels.")
     num_classes = medmnist_info(key)["num_classes"]

@@ -16,8 +16,10 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import load_decathlon_datalist, partition_dataset
+from monai.data import MetaTensor, load_decathlon_datalist, partition_dataset
 from monai.transforms import MapTransform
+
+from lmttm_monai.data.volumes import affine_problem, check_max_voxels, size_problem, voxel_problem
 
 __all__ = ["SPLITS", "decathlon_datalist", "ValidateSegmentationd", "source_name"]
 
@@ -94,6 +96,10 @@ class ValidateSegmentationd(MapTransform):
     Use it right after ``LoadImaged`` + ``EnsureChannelFirstd``. It raises ``ValueError`` when
 
     - the image does not have ``spatial_dims`` spatial dimensions (for example a 2D image given to a 3D bundle),
+    - the image has no voxels, or more than ``max_voxels`` (inference configs set it to bound memory),
+    - the image's voxels are not real numbers, or some are NaN or infinite (normalisation would spread them
+      to every voxel),
+    - the image's affine is not finite or is singular (reorienting and saving invert it),
     - the label's spatial shape differs from the image's,
     - the label holds values other than the integers ``0 .. num_classes - 1``.
 
@@ -102,10 +108,16 @@ class ValidateSegmentationd(MapTransform):
         num_classes: number of classes including background.
         spatial_dims: 2 or 3.
         allow_missing_keys: as in MONAI: skip keys that are not in the item.
+        max_voxels: most spatial voxels an image may have; ``None`` for no limit.
     """
 
     def __init__(
-        self, keys: KeysCollection, num_classes: int, spatial_dims: int = 3, allow_missing_keys: bool = True
+        self,
+        keys: KeysCollection,
+        num_classes: int,
+        spatial_dims: int = 3,
+        allow_missing_keys: bool = True,
+        max_voxels: int | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 2:
@@ -116,6 +128,7 @@ class ValidateSegmentationd(MapTransform):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         self.num_classes = num_classes
         self.spatial_dims = spatial_dims
+        self.max_voxels = check_max_voxels(max_voxels)
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
@@ -127,6 +140,14 @@ class ValidateSegmentationd(MapTransform):
                 f"{image_file}: expected a {self.spatial_dims}D image (channel-first shape with {self.spatial_dims} "
                 f"spatial dimensions), got shape {tuple(image.shape)}."
             )
+        affine = image.affine if isinstance(image, MetaTensor) else None
+        problem = (
+            size_problem(image.shape[1:], self.max_voxels)
+            or voxel_problem(image)
+            or (affine_problem(affine, self.spatial_dims) if affine is not None else None)
+        )
+        if problem:
+            raise ValueError(f"{image_file}: {problem}.")
         if label_key not in d:
             if self.allow_missing_keys:
                 return d

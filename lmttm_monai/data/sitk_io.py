@@ -32,6 +32,8 @@ from monai.data.utils import affine_to_spacing, is_no_channel, orientation_ras_l
 from monai.transforms import MapTransform, SaveImage
 from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys, convert_data_type, ensure_tuple, get_equivalent_dtype
 
+from lmttm_monai.data.saving import AtomicSaveImage
+
 __all__ = [
     "SIMPLEITK_READ_SUFFIXES",
     "SIMPLEITK_WRITE_SUFFIXES",
@@ -470,7 +472,7 @@ class SaveLikeInputd(MapTransform):
                 )
             ext = output_ext_for(meta[ImageMetaKey.FILENAME_OR_OBJ])
             if ext not in self.savers:
-                self.savers[ext] = SaveImage(output_ext=ext, **self.save_kwargs)
+                self.savers[ext] = AtomicSaveImage(output_ext=ext, **self.save_kwargs)  # never a half-written file
             self.savers[ext](img, meta_data=None if isinstance(img, MetaTensor) else meta)
         return d
 

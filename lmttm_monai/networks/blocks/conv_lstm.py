@@ -62,6 +62,8 @@ class ConvLSTMCell(nn.Module):
             raise ValueError(f"in_channels and hidden_channels must be positive, got {in_channels}, {hidden_channels}.")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd number (padding keeps the size), got {kernel_size}.")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
         self.hidden_channels = hidden_channels
         conv_type = Conv[Conv.CONV, spatial_dims]
         self.gates = conv_type(
@@ -69,11 +71,24 @@ class ConvLSTMCell(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, state: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> ConvLSTMState:
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                "ConvLSTMCell expects x of shape [B, {}, *spatial] with {} spatial dimensions, got {}.".format(
+                    self.in_channels, self.spatial_dims, list(x.shape)
+                )
+            )
         if state is None:
             zeros = x.new_zeros((x.shape[0], self.hidden_channels) + x.shape[2:])
             h, c = zeros, zeros
         else:
             h, c = state
+            expected = [x.shape[0], self.hidden_channels] + list(x.shape[2:])
+            if list(h.shape) != expected or list(c.shape) != expected:
+                raise ValueError(
+                    "ConvLSTMCell expects a state (h, c) of shape {} each, got {} and {}.".format(
+                        expected, list(h.shape), list(c.shape)
+                    )
+                )
         i, f, o, g = torch.chunk(self.gates(torch.cat([x, h], dim=1)), 4, dim=1)
         i, f, o, g = torch.sigmoid(i), torch.sigmoid(f), torch.sigmoid(o), torch.tanh(g)
         c = f * c + i * g

@@ -143,11 +143,18 @@ class SelfAttentionLSTM(nn.Module):
         if attention not in LSTM_ATTENTIONS:
             raise ValueError(f"attention must be one of {LSTM_ATTENTIONS}, got {attention!r}.")
         self.cell = ConvLSTMCell(spatial_dims, in_channels, hidden_channels, kernel_size)
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
         self.attention: nn.Module = (
             SALSTMAttention(scale) if attention == "salstm" else LSTMSAAttention(spatial_dims, hidden_channels, scale)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != self.spatial_dims + 3 or x.shape[1] < 1 or x.shape[2] != self.in_channels:
+            raise ValueError(
+                "SelfAttentionLSTM expects a sequence of shape [B, T, {}, *spatial] with T >= 1 and {} spatial "
+                "dimensions, got {}.".format(self.in_channels, self.spatial_dims, list(x.shape))
+            )
         states = self.cell(x[:, 0])
         for t in range(1, x.shape[1]):
             states = self.cell(x[:, t], (states.h, states.c))

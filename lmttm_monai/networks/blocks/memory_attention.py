@@ -320,11 +320,20 @@ class MemoryResample(nn.Module):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if channels < 1:
+            raise ValueError(f"channels must be positive, got {channels}.")
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
         self.spatial_dims = spatial_dims
+        self.channels = channels
         self.conv = conv(channels, 2 * channels, kernel_size=2, stride=2)
 
     def forward(self, memory: torch.Tensor) -> torch.Tensor:
+        if memory.ndim != self.spatial_dims + 2 or memory.shape[-1] != self.channels:
+            raise ValueError(
+                "MemoryResample expects memory of shape [B, *spatial, {}] with {} spatial dimensions, got {}.".format(
+                    self.channels, self.spatial_dims, list(memory.shape)
+                )
+            )
         x = memory.movedim(-1, 1)
         odd = [s % 2 for s in x.shape[2:]]
         x = F.pad(x, [v for p in reversed(odd) for v in (0, p)])

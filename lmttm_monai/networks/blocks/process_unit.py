@@ -78,6 +78,13 @@ class ProcessUnit(nn.Module):
             raise ValueError(f"num_layers must be a positive integer, got {num_layers}.")
         if kind == "transformer" and (num_heads < 1 or dim % num_heads != 0):
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}).")
+        if dim < 1 or num_tokens < 1:
+            raise ValueError(f"dim and num_tokens must be positive, got {dim} and {num_tokens}.")
+        if not mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}.")
+        self.dim = dim
+        # only the mixer's token MLP fixes the number of tokens; the other kinds take any number
+        self.num_tokens = num_tokens if kind == "mixer" else -1
         mlp_dim = int(dim * mlp_ratio)
         blocks: list[nn.Module] = []
         for _ in range(num_layers):
@@ -95,4 +102,9 @@ class ProcessUnit(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3 or x.shape[2] != self.dim or (self.num_tokens > 0 and x.shape[1] != self.num_tokens):
+            tokens = "N" if self.num_tokens < 0 else str(self.num_tokens)
+            raise ValueError(
+                "ProcessUnit expects tokens of shape [B, {}, {}], got {}.".format(tokens, self.dim, list(x.shape))
+            )
         return self.norm(self.blocks(x))

@@ -46,6 +46,9 @@ class TokenLearner(nn.Module):
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be in [0, 1], got {dropout}.")
         hidden_dim = dim if hidden_dim is None else hidden_dim
+        if hidden_dim < 1:
+            raise ValueError(f"hidden_dim must be positive, got {hidden_dim}.")
+        self.dim = dim
         self.score = nn.Sequential(
             nn.LayerNorm(dim), nn.Linear(dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, num_output_tokens)
         )
@@ -53,6 +56,10 @@ class TokenLearner(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.ndim != 3 or x.shape[1] < 1 or x.shape[2] != self.dim:
+            raise ValueError(
+                "TokenLearner expects tokens of shape [B, N, {}] with N >= 1, got {}.".format(self.dim, list(x.shape))
+            )
         weights = self.score(x).transpose(1, 2).softmax(dim=-1)  # [B, S, N]: softmax over the input tokens
         tokens = self.dropout(torch.bmm(weights, self.features(x)))
         return tokens, weights

@@ -20,6 +20,8 @@ The memory lives in the encoder only, as in the authors' best configuration (mem
 
 from __future__ import annotations
 
+import inspect
+import math
 import os
 from collections.abc import Mapping
 from typing import Any, Optional
@@ -28,6 +30,7 @@ import torch
 from monai.networks.blocks import SABlock, TransformerBlock
 from monai.networks.nets import UNETR, ViT, SwinUNETR
 from monai.networks.nets.swin_unetr import BasicLayer, SwinTransformer, SwinTransformerBlock, WindowAttention
+from monai.utils import ensure_tuple_rep
 from torch import nn
 
 from lmttm_monai.networks.blocks.memory_attention import (
@@ -58,19 +61,119 @@ def _check_transmission(transmission: str, allowed: tuple[str, ...], owner: str)
     return transmission
 
 
+def _arguments(monai_class: type, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The arguments of ``monai_class(*args, **kwargs)`` by name, defaults filled in.
+
+    The memory networks take MONAI's constructor as it is (``*args, **kwargs``); binding them to MONAI's own
+    signature lets them be checked before MONAI builds anything (MONAI checks few of them, and a bad one
+    otherwise shows up as a shape error deep inside ``forward``). A wrong call raises the ``TypeError`` that
+    calling MONAI's constructor would.
+    """
+    bound = inspect.signature(monai_class.__init__).bind(None, *args, **kwargs)
+    bound.apply_defaults()
+    return bound.arguments
+
+
+def _check_common(owner: str, arguments: dict[str, Any], positive: tuple[str, ...]) -> int:
+    """Check ``spatial_dims`` and the named size arguments; return ``spatial_dims``."""
+    spatial_dims = arguments["spatial_dims"]
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"{owner}: spatial_dims must be 2 or 3, got {spatial_dims}.")
+    for name in positive:
+        value = arguments[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}.")
+    return spatial_dims
+
+
+def _axes(spatial_dims: int) -> str:
+    return "H, W" if spatial_dims == 2 else "H, W, D"
+
+
+def _record_vit_input(vit: ViT, owner: str, grid: list[int] | None, exact: bool) -> None:
+    """Store on ``vit`` what its ``forward`` accepts, so that it can say so instead of failing inside torch.
+
+    MONAI's ViT keeps neither its ``in_channels`` nor its ``img_size``; both are read back from the patch
+    embedding. ``grid`` is the patch grid of ``img_size`` when known (``None`` for a ViT converted after it was
+    built: then only the number of patches, which the position embedding fixes, is known). ``exact``: the input
+    must be exactly ``grid * patch`` (UNETR, whose decoder upsamples the grid back to the input size).
+    Plain Python attributes, so no state-dict key changes; TorchScript reads them as constants.
+    """
+    embedding = vit.patch_embedding
+    projection = embedding.patch_embeddings
+    if isinstance(projection, nn.Sequential):  # "perceptron": Rearrange(..., p1=.., p2=..) then Linear
+        lengths = projection[0].axes_lengths
+        patch = [int(lengths[f"p{i + 1}"]) for i in range(len(lengths))]
+    else:
+        patch = [int(k) for k in projection.kernel_size]
+    vit.input_owner = owner
+    vit.input_patch = patch
+    vit.input_channels = int(embedding.patch_dim) // math.prod(patch)
+    vit.input_patches = int(embedding.n_patches)
+    # [0, ...] marks an unknown grid (an empty list would leave TorchScript without an element type)
+    vit.input_grid = [int(g) for g in grid] if grid is not None else [0] * len(patch)
+    vit.input_exact = bool(exact and grid is not None)
+
+
 class MemoryViT(ViT):
     """MONAI ``ViT`` with one Memory-Attention chain through its transformer blocks.
 
     Same constructor as :class:`monai.networks.nets.ViT` plus ``transmission`` (``"sts"`` or ``"none"``).
-    ``forward(x)`` returns ``(x, hidden_states_out)`` as ``ViT`` does; ``x``: ``[B, in_channels, *img_size]``.
+    ``forward(x)`` returns ``(x, hidden_states_out)`` as ``ViT`` does; ``x``: ``[B, in_channels, *spatial]`` whose
+    patch grid (``spatial // patch_size``) is that of ``img_size``, else ``ValueError`` naming the expected shape.
     """
 
     def __init__(self, *args, transmission: str = "sts", **kwargs) -> None:
+        owner = type(self).__name__
+        arguments = _arguments(ViT, args, kwargs)
+        positive = ("in_channels", "hidden_size", "mlp_dim", "num_layers", "num_heads")
+        spatial_dims = _check_common(owner, arguments, positive + (("num_classes",) if arguments["classification"] else ()))
+        img_size = ensure_tuple_rep(arguments["img_size"], spatial_dims)
+        patch_size = ensure_tuple_rep(arguments["patch_size"], spatial_dims)
+        if any(p < 1 for p in patch_size) or any(s < p for s, p in zip(img_size, patch_size)):
+            raise ValueError(
+                f"{owner}: img_size {tuple(img_size)} must hold at least one patch of patch_size "
+                f"{tuple(patch_size)} (both positive) along every axis."
+            )
         super().__init__(*args, **kwargs)
         _convert_modules(self)
-        self.transmission = _check_transmission(transmission, ("sts", "none"), type(self).__name__)
+        self.transmission = _check_transmission(transmission, ("sts", "none"), owner)
+        _record_vit_input(self, owner, [s // p for s, p in zip(img_size, patch_size)], exact=False)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """``ValueError`` naming the expected shape; shape arithmetic only, and TorchScript compatible."""
+        patch = self.input_patch
+        grid = self.input_grid
+        spatial = list(x.shape[2:])
+        valid = x.ndim == len(patch) + 2 and x.shape[1] == self.input_channels
+        if valid:
+            if self.input_exact:
+                valid = spatial == [g * p for g, p in zip(grid, patch)]
+            elif grid[0] > 0:
+                valid = [s // p for s, p in zip(spatial, patch)] == grid
+            else:
+                patches = 1
+                for s, p in zip(spatial, patch):
+                    patches *= s // p
+                valid = patches == self.input_patches
+        if not valid:
+            axes = "H, W" if len(patch) == 2 else "H, W, D"
+            if self.input_exact:
+                expected = "[B, {}, {}] (its in_channels and img_size)".format(
+                    self.input_channels, str([g * p for g, p in zip(grid, patch)])[1:-1]
+                )
+            elif grid[0] > 0:
+                expected = "[B, {}, {}] with [{}] // {} == {} (the patch grid of its img_size)".format(
+                    self.input_channels, axes, axes, patch, grid
+                )
+            else:
+                expected = "[B, {}, {}] whose patch grid [{}] // {} has {} patches (those of its img_size)".format(
+                    self.input_channels, axes, axes, patch, self.input_patches
+                )
+            raise ValueError("{} expects input of shape {}, got {}.".format(self.input_owner, expected, list(x.shape)))
 
     def forward(self, x):
+        self._check_input(x)
         x = self.patch_embedding(x)
         if hasattr(self, "cls_token"):
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
@@ -93,12 +196,24 @@ class MemoryUNETR(UNETR):
     Same constructor as :class:`monai.networks.nets.UNETR` (``in_channels, out_channels, img_size, ...,
     spatial_dims``) plus ``transmission``: ``"sts"`` (one memory chain through the 12 transformer blocks) or
     ``"none"`` (MONAI's UNETR). Zero extra parameters. ``forward``: ``[B, in_channels, *img_size]`` ->
-    ``[B, out_channels, *img_size]``.
+    ``[B, out_channels, *img_size]``. ``img_size`` must be a multiple of 16 (the ViT patch) along every axis, as
+    the decoder upsamples the patch grid 16 times; the input must have exactly that size (the learned position
+    embedding fixes it). Anything else raises ``ValueError`` naming what is expected.
     """
 
     def __init__(self, *args, transmission: str = "sts", **kwargs) -> None:
+        owner = type(self).__name__
+        arguments = _arguments(UNETR, args, kwargs)
+        positive = ("in_channels", "out_channels", "feature_size", "hidden_size", "mlp_dim", "num_heads")
+        spatial_dims = _check_common(owner, arguments, positive)
+        img_size = ensure_tuple_rep(arguments["img_size"], spatial_dims)
+        if any(s < 16 or s % 16 != 0 for s in img_size):
+            raise ValueError(
+                f"{owner}: img_size must be a positive multiple of 16 (the ViT patch size) along every axis, "
+                f"got {tuple(img_size)}."
+            )
         super().__init__(*args, **kwargs)
-        _check_transmission(transmission, ("sts", "none"), type(self).__name__)
+        _check_transmission(transmission, ("sts", "none"), owner)
         _convert_modules(self)
         self.vit.transmission = transmission
 
@@ -128,6 +243,8 @@ class MemorySwinTransformer(SwinTransformer):
         return [self.layers1c[0], self.layers2c[0], self.layers3c[0], self.layers4c[0]]
 
     def forward(self, x, normalize: bool = True):
+        if not torch.jit.is_tracing():  # a traced graph keeps no Python check
+            _check_swin_input(self, x, type(self).__name__, 1)
         x = self.pos_drop(self.patch_embed(x))
         outputs = [self.proj_out(x, normalize)]
         convs = self._stage_convs()
@@ -155,11 +272,18 @@ class MemorySwinUNETR(SwinUNETR):
     - ``"none"``: MONAI's SwinUNETR.
 
     ``forward``: ``[B, in_channels, *spatial]`` -> ``[B, out_channels, *spatial]``, each spatial size divisible
-    by ``patch_size ** 5`` (32 by default), as for SwinUNETR. Pretrained self-supervised Swin weights load with
-    the inherited ``load_from``.
+    by ``patch_size ** 5`` (32 by default), as for SwinUNETR; with instance norm (the default) the bottleneck at
+    ``1 / patch_size ** 5`` must hold more than one position. Anything else raises ``ValueError`` naming what is
+    expected. Pretrained self-supervised Swin weights load with the inherited ``load_from``.
     """
 
     def __init__(self, *args, transmission: str = "ists", **kwargs) -> None:
+        owner = type(self).__name__
+        arguments = _arguments(SwinUNETR, args, kwargs)
+        spatial_dims = _check_common(owner, arguments, ("in_channels", "out_channels", "patch_size", "feature_size"))
+        window_size = ensure_tuple_rep(arguments["window_size"], spatial_dims)
+        if any(w < 1 for w in window_size):
+            raise ValueError(f"{owner}: window_size must be positive along every axis, got {tuple(window_size)}.")
         super().__init__(*args, **kwargs)
         _convert_modules(self)
         _set_swin_transmission(self.swinViT, transmission)
@@ -167,6 +291,34 @@ class MemorySwinUNETR(SwinUNETR):
     @property
     def transmission(self) -> str:
         return self.swinViT.transmission
+
+    def forward(self, x_in):
+        # MONAI's SwinUNETR cannot be scripted (bundles trace it), and a traced graph keeps no Python check
+        if not torch.jit.is_tracing():
+            _check_swin_input(self.swinViT, x_in, type(self).__name__, self.patch_size**5)
+            if _has_instance_norm(self.encoder10) and math.prod(s // self.patch_size**5 for s in x_in.shape[2:]) < 2:
+                side = self.patch_size**5
+                raise ValueError(
+                    f"{type(self).__name__} expects at least one spatial size of {2 * side} or more: with instance "
+                    f"norm its 1/{side} bottleneck needs more than one position, got {list(x_in.shape)}."
+                )
+        return super().forward(x_in)
+
+
+def _has_instance_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.instancenorm._InstanceNorm) for m in module.modules())
+
+
+def _check_swin_input(swin: SwinTransformer, x: torch.Tensor, owner: str, multiple: int) -> None:
+    """``ValueError`` unless ``x`` is ``[B, in_channels, *spatial]`` with each size a multiple of ``multiple``."""
+    spatial_dims = len(swin.window_size)
+    in_channels = swin.patch_embed.proj.in_channels
+    spatial = list(x.shape[2:])
+    if x.ndim != spatial_dims + 2 or x.shape[1] != in_channels or any(s < 1 or s % multiple for s in spatial):
+        rule = f" with {_axes(spatial_dims)} multiples of {multiple} (patch_size ** 5)" if multiple > 1 else ""
+        raise ValueError(
+            f"{owner} expects input of shape [B, {in_channels}, {_axes(spatial_dims)}]{rule}, got {list(x.shape)}."
+        )
 
 
 # MONAI class -> memory class. The memory classes add no state of their own, so converting a built module
@@ -194,6 +346,12 @@ def _convert_modules(root: nn.Module) -> None:
             module.__class__ = memory_class
             if memory_class is MemoryTransformerBlock:
                 module.freeze_unused_parameters()
+    for module in root.modules():
+        if isinstance(module, UNETR):  # its decoder fixes the input size: exactly the patch grid times 16
+            grid = [int(f) for f in module.feat_size]
+            _record_vit_input(module.vit, type(module).__name__, grid, exact=True)
+        elif isinstance(module, ViT) and not hasattr(module, "input_owner"):
+            _record_vit_input(module, type(module).__name__, None, exact=False)
 
 
 def _set_swin_transmission(swin: SwinTransformer, transmission: str) -> None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from monai.networks.layers import Conv
 from monai.networks.nets import BasicUNet
+from monai.utils import ensure_tuple_rep
 
 from lmttm_monai.networks.blocks.lstm_attention import LSTM_ATTENTIONS, SelfAttentionLSTM
 
@@ -52,7 +53,8 @@ class SALSTMUNet(nn.Module):
         ``forward(x)``: ``x`` ``[B, T * in_channels, *spatial]`` (element ``t`` in channels
         ``t * in_channels .. (t + 1) * in_channels - 1``) or ``[B, T, in_channels, *spatial]``
         -> logits ``[B, out_channels, *spatial]`` of the middle element. Every spatial size must be divisible
-        by 16 (the four poolings of the U-shaped net).
+        by 16 (the four poolings of the U-shaped net), and with instance norm (the default) at least one must be
+        32 or more (the 1/16 bottleneck needs more than one position). Other shapes raise ``ValueError``.
     """
 
     def __init__(
@@ -83,12 +85,18 @@ class SALSTMUNet(nn.Module):
             raise ValueError(f"attention must be one of {SALSTM_ATTENTIONS}, got {attention!r}.")
         if hidden_channels < 1:
             raise ValueError(f"hidden_channels must be positive, got {hidden_channels}.")
+        if any(f < 1 for f in ensure_tuple_rep(features, 6)):
+            raise ValueError(f"features must be six positive sizes, got {tuple(features)}.")
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.context = context
         self.attention = attention
         unet_out = out_channels if attention == "none" else hidden_channels
         self.unet = BasicUNet(spatial_dims, in_channels, unet_out, features, act, norm, bias, dropout, upsample)
+        # instance norm cannot normalise a single position: at the 1/16 bottleneck it would fail inside torch
+        self.single_position_bottleneck_fails = any(
+            isinstance(m, nn.modules.instancenorm._InstanceNorm) for m in self.unet.down_4.modules()
+        )
         # absent parts are None, which TorchScript prunes, so "none" scripts to the plain U-shaped net
         lstm = attention != "none"
         self.forward_lstm = (
@@ -103,8 +111,26 @@ class SALSTMUNet(nn.Module):
         )
         self.head = Conv[Conv.CONV, spatial_dims](2 * hidden_channels, out_channels, kernel_size=1) if lstm else None
 
+    def _check_spatial_size(self, shape: list[int]) -> None:
+        # plain loops: TorchScript has no generator expressions
+        positions = 1
+        for s in shape[len(shape) - self.spatial_dims :]:
+            if s < 16 or s % 16 != 0:
+                raise ValueError(
+                    "expected every spatial size to be a positive multiple of 16 (the four poolings of the "
+                    "U-shaped net), got input shape {}.".format(shape)
+                )
+            positions *= s // 16
+        if self.single_position_bottleneck_fails and positions < 2:
+            raise ValueError(
+                "expected at least one spatial size of 32 or more: with instance norm the 1/16 bottleneck of the "
+                "U-shaped net needs more than one position, got input shape {}.".format(shape)
+            )
+
     def sequence(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` as ``[B, T, in_channels, *spatial]``, from either documented layout; ``ValueError`` otherwise."""
+        if x.ndim == self.spatial_dims + 2 or x.ndim == self.spatial_dims + 3:
+            self._check_spatial_size(list(x.shape))
         if x.ndim == self.spatial_dims + 2:
             if x.shape[1] != self.context * self.in_channels:
                 raise ValueError(

@@ -88,6 +88,12 @@ class TokenTuringMachine(nn.Module):
             raise ValueError(f"out_channels (number of classes) must be a positive integer, got {out_channels}.")
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be in [0, 1], got {dropout}.")
+        # before the tokenizer is built: a non-positive width would otherwise fail inside torch's Conv init
+        for name, value in (("dim", dim), ("memory_tokens", memory_tokens), ("read_tokens", read_tokens)):
+            if value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}.")
+        if not mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}.")
         img_size = ensure_tuple_rep(img_size, spatial_dims)
         patch_size = ensure_tuple_rep(patch_size, spatial_dims)
         if any(p < 1 for p in patch_size):

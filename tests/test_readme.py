@@ -1,0 +1,145 @@
+"""The README's commands, run as a user would run them, in the order the README gives them.
+
+Every command of every ``bash`` block of README.md runs in a copy of the repository's ``bundles/`` (so the models
+and outputs the README's commands write land in a temporary folder, not in the checkout), with ``../shared``
+beside it as in a checkout and ``HOME`` pointing to an empty folder. Two things are changed, both stated here:
+training, evaluation and inference get a one-epoch, two-iteration, few-case budget appended (the README's
+commands are the full recipes), and the placeholder inputs (``path/to/volumes``, ``path/to/pictures``,
+``path/to/volume.nii.gz``) are replaced by real files from ``../shared/data``. The commands that cannot run here
+are listed in ``NOT_RUN`` with the reason; every other command must exit 0.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+
+README = REPO_ROOT / "README.md"
+
+pytestmark = pytest.mark.slow
+
+# commands that need what a CPU machine without internet does not have; each is covered elsewhere
+NOT_RUN = {
+    "pip install": "installs: .ci/run runs exactly the README's install (test_ci_installs_and_tests_as_the_readme_says)",
+    "python3 -m venv": "part of the install, as above",
+    "python -m pytest": "the test command itself, run by .ci/run",
+    " download ": "downloads need GitHub or Hugging Face; tests/test_release.py downloads from a local HTTP server",
+    "downloaded/": "runs a downloaded bundle, see the line above",
+    "benchmarks/": "a benchmark, measured and reported in the model card, not a functional check",
+}
+
+BUDGET = {
+    "lmttm": ["--epochs", "1", "--batch_size", "8", "--num_workers", "0", "--epoch_length", "2"],
+    "mam_swinunetr": ["--max_cases", "3", "--epochs", "1", "--epoch_length", "2", "--num_workers", "0", "--num_samples", "1"],
+    "mam_unetr": ["--max_cases", "2", "--epochs", "1", "--epoch_length", "2", "--num_workers", "0", "--num_samples", "2"],
+    "salstm": ["--max_cases", "3", "--num_workers", "0", "--epochs", "1", "--batch_size", "2", "--num_samples", "2",
+               "--epoch_length", "2"],
+}  # fmt: skip
+TRAINING_ONLY = ("--epochs", "--epoch_length", "--num_samples", "--batch_size")
+
+
+def readme_commands() -> list[str]:
+    """The lines of README.md's ``bash`` blocks, without comments, in order."""
+    commands, in_block = [], False
+    for line in README.read_text().splitlines():
+        if line.startswith("```"):
+            in_block = line.strip() == "```bash" if not in_block else False
+            continue
+        if in_block:
+            command = re.sub(r"\s+#\s.*$", "", line).strip()
+            if command and not command.startswith("#"):
+                commands.append(command)
+    return commands
+
+
+def _bundle_of(command: str) -> str | None:
+    match = re.search(r"bundles/(\w+)/", command) or re.match(r"lmttm-monai (?:train|evaluate|infer) (\w+)", command)
+    return match.group(1) if match else None
+
+
+def _without(args: list[str], keys: tuple[str, ...]) -> list[str]:
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in keys:
+            skip = True
+        else:
+            out.append(arg)
+    return out
+
+
+def budgeted(command: str) -> str:
+    """``command`` with the quick budget of its bundle appended (replacing the README's own ``--epochs``)."""
+    bundle = _bundle_of(command)
+    runs = re.search(r"monai\.bundle run\b", command) or re.match(r"lmttm-monai (train|evaluate|infer) ", command)
+    if bundle is None or not runs:
+        return command
+    training = "training" in command or command.startswith("lmttm-monai train")
+    budget = BUDGET[bundle] if training else _without(BUDGET[bundle], TRAINING_ONLY)
+    command = re.sub(r" --epochs \d+", "", command)
+    return f"{command} {' '.join(budget)}"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, medmnist_dir, hippocampus_dir, drive_dir):
+    root = tmp_path_factory.mktemp("readme")
+    repo = root / "repo"
+    shutil.copytree(REPO_ROOT / "bundles", repo / "bundles", ignore=shutil.ignore_patterns("models", "eval", "__pycache__"))
+    shutil.copytree(REPO_ROOT / "benchmarks", repo / "benchmarks")
+    (root / "shared").mkdir()
+    os.symlink(medmnist_dir.parent, root / "shared" / "data")
+    inputs = repo / "path" / "to"
+    (inputs / "volumes").mkdir(parents=True)
+    for image in sorted((hippocampus_dir / "imagesTr").glob("*.nii.gz"))[:2]:
+        shutil.copy(image, inputs / "volumes" / image.name)
+    (inputs / "pictures").mkdir()
+    picture = sorted((drive_dir / "test" / "images").iterdir())[0]
+    shutil.copy(picture, inputs / "pictures" / picture.name)
+    volume = np.load(medmnist_dir / "adrenalmnist3d.npz")["test_images"][0]
+    nib.save(nib.Nifti1Image(volume.astype(np.uint8), np.eye(4)), inputs / "volume.nii.gz")
+    (root / "home").mkdir()
+    return repo
+
+
+def test_every_readme_command_runs_in_the_readmes_order(workspace):
+    env = {**os.environ, "HOME": str(workspace.parent / "home"), "PYTHONWARNINGS": "ignore"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the tests' python and lmttm-monai
+    ran, failures = [], []
+    for command in readme_commands():
+        if any(marker in command for marker in NOT_RUN):
+            continue
+        if command.startswith("export "):
+            name, value = command[len("export "):].split("=", 1)
+            env[name] = str((workspace / value).resolve()) if value.startswith(".") else value
+            continue
+        run = budgeted(command)
+        result = subprocess.run(run, shell=True, cwd=workspace, env=env, capture_output=True, text=True, timeout=900)
+        ran.append(command)
+        if result.returncode != 0:
+            tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
+            failures.append(f"{run}\n  exit {result.returncode}: " + "\n  ".join(tail))
+    assert not failures, "README commands that failed:\n" + "\n".join(failures)
+    # the README's main job and each command family really ran (a parsing slip would silently run nothing)
+    assert any(c.startswith("python -m monai.bundle run training --config_file bundles/lmttm/configs/train.json") for c in ran)
+    for family in ("lmttm-monai list", "lmttm-monai train", "lmttm-monai infer", "torchrun", "ckpt_export", "release package"):
+        assert any(family in c for c in ran), family
+    assert (workspace / "bundles" / "lmttm" / "models" / "model.pt").is_file()
+    assert list((workspace / "runs" / "mam_swinunetr-folder").glob("*_seg.nii.gz"))
+
+
+def test_ci_installs_and_tests_as_the_readme_says():
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    install = next(c for c in readme_commands() if c.startswith("pip install torch"))
+    assert install.replace("pip install", "pip install -q") in ci
+    assert "python -m pytest -q" in ci and "python -m pytest -q tests" in readme_commands()
