@@ -17,7 +17,7 @@ from conftest import REPO_ROOT, require_path
 BUNDLES = REPO_ROOT / "bundles"
 # bundle -> the overlays that change its network (each must still fit the metadata's input and output)
 NETWORK_OVERLAYS = {
-    "lmttm": ["ttm.json"],
+    "lmttm": ["ttm.json", "resnet18.json"],
     "mam_swinunetr": ["swinunetr.json", "sts.json"],
     "mam_unetr": ["unetr.json"],
     "salstm": ["lstmsa.json", "unet.json"],
@@ -25,6 +25,31 @@ NETWORK_OVERLAYS = {
 # keys that training and inference must agree on, where the bundle has them
 SHARED_KEYS = ("bundle_root", "ckpt_dir", "output_dir", "dataset_dir", "dataset_name", "image_size", "num_classes",
                "roi_size", "split_ratios", "split_seed", "val_cases")  # fmt: skip
+
+
+# the top-level keys the README promises in every bundle (model-zoo's names), and those each kind of bundle adds
+TRAIN_KEYS = {"bundle_root", "dataset_dir", "epochs", "epoch_length", "val_interval", "batch_size", "learning_rate",
+              "num_workers", "seed", "device", "amp", "output_dir", "ckpt_dir", "overwrite", "resume", "outputs",
+              "network_def", "network", "train", "validate", "initialize", "run"}  # fmt: skip
+INFERENCE_KEYS = {"bundle_root", "dataset_dir", "batch_size", "num_workers", "seed", "device", "amp", "output_dir",
+                  "ckpt_dir", "overwrite", "outputs", "input_dir", "datalist", "network_def", "network", "initialize",
+                  "run"}  # fmt: skip
+SEGMENTATION_KEYS = {"max_cases", "num_classes"}
+LMTTM_KEYS = {"dataset_name", "image_size"}
+
+
+@pytest.mark.parametrize("name", sorted(NETWORK_OVERLAYS))
+def test_every_bundle_has_the_same_top_level_keys_in_train_and_inference(name):
+    extra = LMTTM_KEYS if name == "lmttm" else SEGMENTATION_KEYS
+    train = json.loads((BUNDLES / name / "configs" / "train.json").read_text())
+    inference = json.loads((BUNDLES / name / "configs" / "inference.json").read_text())
+    assert TRAIN_KEYS | extra <= set(train), sorted((TRAIN_KEYS | extra) - set(train))
+    assert INFERENCE_KEYS | extra <= set(inference), sorted((INFERENCE_KEYS | extra) - set(inference))
+    if name != "lmttm":
+        assert {"num_samples", "cache_rate"} <= set(train)
+    for key in ("overwrite", "resume"):
+        assert train[key] is False  # nothing replaced, nothing resumed, unless asked
+    assert train["dataset_dir"] == inference["dataset_dir"] and "default_dataset_dir(" in train["dataset_dir"]
 
 
 def test_every_bundle_is_listed_here():

@@ -1,0 +1,357 @@
+"""Multi-seed comparisons through the bundles' own configs: ``python -m lmttm_monai.results``.
+
+A comparison is a bundle and its arms (the default network and the overlays that swap it, e.g. LMTTM vs TTM vs a
+3D ResNet-18). ``run`` trains every arm with every seed (``python -m monai.bundle run training`` with the bundle's
+``train.json``, the arm's overlays, ``--seed`` and the budget overrides), evaluates each on the whole test split
+(the bundle's ``evaluate.json``), and writes ``results.md`` (mean ± std per arm, the paired difference to the
+first arm on the same seeds and, for segmentation, on the same cases, the budget, the machine and the exact
+commands) and one ``run.json`` per run. Rerun it and finished runs are kept; a run killed while training continues
+from its last epoch (the bundles' ``--resume true``). ``--jobs`` runs several at once, each with its share of the
+CPU threads. Any MedMNIST 3D dataset works: ``--override dataset_name=vesselmnist3d``.
+
+    python -m lmttm_monai.results run lmttm --seeds 0,1,2 --out results/lmttm --override epochs=50
+    python -m lmttm_monai.results table results/lmttm
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lmttm_monai.errors import UserError
+
+__all__ = ["Arm", "COMPARISONS", "Comparison", "main", "run", "table"]
+
+REPO_BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+
+
+@dataclass(frozen=True)
+class Arm:
+    label: str
+    overlays: tuple[str, ...] = ()
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.label.lower()).strip("-")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    bundle: str
+    arms: tuple[Arm, ...]
+    metrics: tuple[str, ...]  # from the evaluation's metrics.csv; the first is the headline
+    curve: str  # the validation metric logged each epoch
+    per_case: str | None = None  # the evaluation's per-case CSV, for paired per-case differences
+    data_folder: str = ""  # under MONAI_DATA_DIRECTORY, as the bundle's default dataset_dir
+    paper: dict[str, str] = field(default_factory=dict)
+
+
+COMPARISONS = {
+    "lmttm": Comparison(
+        "lmttm",
+        (Arm("LMTTM"), Arm("TTM", ("ttm.json",)), Arm("3D ResNet-18", ("resnet18.json",))),
+        ("test_acc", "test_auc"),
+        "val_auc",
+        data_folder="medmnist",
+    ),
+    "mam_swinunetr": Comparison(
+        "mam_swinunetr",
+        (Arm("MAM-SwinUNETR (ISTS)"), Arm("SwinUNETR", ("swinunetr.json",)), Arm("MAM-SwinUNETR (STS)", ("sts.json",))),
+        ("test_mean_dice", "test_hd95"),
+        "val_mean_dice",
+        per_case="test_mean_dice_raw.csv",
+        data_folder="Task04_Hippocampus",
+    ),
+    "mam_unetr": Comparison(
+        "mam_unetr",
+        (Arm("MAM-UNETR"), Arm("UNETR", ("unetr.json",))),
+        ("test_mean_dice", "test_hd95"),
+        "val_mean_dice",
+        per_case="test_mean_dice_raw.csv",
+        data_folder="DRIVE",
+    ),
+    "salstm": Comparison(
+        "salstm",
+        (Arm("SALSTM"), Arm("LSTMSA", ("lstmsa.json",)), Arm("U-Net", ("unet.json",))),
+        ("test_mean_dice", "test_hd95"),
+        "val_mean_dice",
+        per_case="test_mean_dice_raw.csv",
+        data_folder="Task04_Hippocampus",
+    ),
+}
+
+
+class ResultsError(UserError):
+    """A results command that cannot run as asked; the message says why."""
+
+
+def _configs(bundle_root: Path, *names: str) -> str:
+    return "[" + ",".join(repr(str(bundle_root / "configs" / name)) for name in names) + "]"
+
+
+def _display(command: list[str]) -> str:
+    """A command as a person would type it: ``python`` for this interpreter, config lists in double quotes."""
+    words = ["python" if word == sys.executable else word for word in command]
+    return " ".join(f'"{w}"' if any(c in w for c in " '[]") else shlex.quote(w) for w in words)
+
+
+def _override_args(overrides: dict[str, str]) -> list[str]:
+    return [part for key, value in overrides.items() for part in (f"--{key}", str(value))]
+
+
+def _read_metrics(path: Path) -> dict[str, float]:
+    """MONAI ``MetricsSaver``'s ``metrics.csv``: one ``name,value`` (or tab-separated) per line."""
+    metrics = {}
+    for line in path.read_text().splitlines():
+        name, _, value = line.replace("\t", ",").partition(",")
+        if value:
+            metrics[name] = float(value)
+    return metrics
+
+
+def _read_curve(log: str, metric: str) -> list[float]:
+    """The validation metric of each epoch, from the training log's ``Epoch[k] Metrics -- name: value`` lines."""
+    pattern = re.compile(rf"Epoch\[(\d+)\] Metrics -- .*?\b{re.escape(metric)}: ([-0-9.eE+nan]+)")
+    by_epoch = {int(m.group(1)): float(m.group(2)) for m in pattern.finditer(log)}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _read_per_case(path: Path) -> dict[str, float]:
+    """Per-case mean of a MONAI ``*_raw.csv`` (``filename<TAB>class...<TAB>mean``)."""
+    text = path.read_text()
+    rows = list(csv.reader(text.splitlines(), delimiter="\t" if "\t" in text.splitlines()[0] else ","))
+    header = rows[0]
+    column = header.index("mean") if "mean" in header else len(header) - 1
+    return {row[0]: float(row[column]) for row in rows[1:] if row}
+
+
+def _run_one(comparison: Comparison, arm: Arm, seed: int, out: Path, overrides: dict, threads: int) -> dict:
+    """Train and evaluate one arm with one seed (or keep what an earlier call finished)."""
+    run_dir = out / arm.slug / f"seed{seed}"
+    record = run_dir / "run.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    root = REPO_BUNDLES / comparison.bundle
+    run_dir.mkdir(parents=True, exist_ok=True)
+    common = ["--seed", str(seed), "--ckpt_dir", str(run_dir / "models"), *_override_args(overrides)]
+    train = [sys.executable, "-m", "monai.bundle", "run", "training",
+             "--config_file", _configs(root, "train.json", *arm.overlays), *common,
+             "--output_dir", str(run_dir / "train")]  # fmt: skip
+    if (run_dir / "models" / "checkpoint.pt").is_file():
+        train += ["--resume", "true"]  # killed earlier: continue after its last epoch
+    evaluate = [sys.executable, "-m", "monai.bundle", "run", "evaluating",
+                "--config_file", _configs(root, "train.json", "evaluate.json", *arm.overlays), *common,
+                "--output_dir", str(run_dir / "test"), "--overwrite", "true"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+    started = time.time()
+    for name, command in (("train", train), ("test", evaluate)):
+        with open(run_dir / f"{name}.log", "a") as log:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        if code != 0:
+            tail = (run_dir / f"{name}.log").read_text().strip().splitlines()[-1:]
+            raise ResultsError(f"{arm.label} seed {seed}: {name} failed ({run_dir / f'{name}.log'}: {' '.join(tail)})")
+    result = {
+        "arm": arm.label, "seed": seed, "overlays": list(arm.overlays), "overrides": overrides,
+        "metrics": _read_metrics(run_dir / "test" / "metrics.csv"),
+        "curve": _read_curve((run_dir / "train.log").read_text(), comparison.curve),
+        "seconds": round(time.time() - started, 1), "threads": threads,
+        "commands": [_display(train), _display(evaluate)],
+    }  # fmt: skip
+    if comparison.per_case and (run_dir / "test" / comparison.per_case).is_file():
+        result["per_case"] = _read_per_case(run_dir / "test" / comparison.per_case)
+    record.write_text(json.dumps(result, indent=2) + "\n")  # last: its presence means the run finished
+    return result
+
+
+def machine() -> dict:
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }  # fmt: skip
+
+
+def run(
+    name: str, out: str, seeds: str | int = "0,1,2", jobs: int = 1, override: tuple | list | str = (), arms: str = ""
+) -> str:
+    """Train and evaluate every arm of comparison ``name`` with every seed into ``out``, then write the table.
+
+    Args:
+        name: one of :data:`COMPARISONS`.
+        out: the results folder (created; rerun to continue).
+        seeds: comma-separated seeds, or a count (``3`` is ``0,1,2``).
+        jobs: trainings side by side; each gets ``cores // jobs`` threads.
+        override: ``key=value`` config overrides for every run (the budget: ``epochs=50``; another dataset).
+        arms: comma-separated arm labels or slugs to run (default: all).
+    """
+    comparison = _select_arms(_comparison(name), arms)
+    seed_list = _seeds(seeds)
+    overrides = _parse_overrides(override)
+    out_dir = Path(out).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = max(1, int(jobs))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    tasks = [(arm, seed) for seed in seed_list for arm in comparison.arms]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(_run_one, comparison, arm, seed, out_dir, overrides, threads) for arm, seed in tasks]
+        for future in futures:
+            future.result()
+    info = {"name": name, "arms": [a.label for a in comparison.arms], "seeds": seed_list, "overrides": overrides,
+            "jobs": jobs, "machine": machine()}  # fmt: skip
+    (out_dir / "comparison.json").write_text(json.dumps(info, indent=2) + "\n")
+    return table(str(out_dir))
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.4f} ± {std:.4f}"
+
+
+def _last_fifth_change(curve: list[float]) -> float | None:
+    """Mean of the last fifth of the validation curve minus that of the fifth before it (flat: near 0)."""
+    n = len(curve) // 5
+    if n < 1:
+        return None
+    return float(np.mean(curve[-n:]) - np.mean(curve[-2 * n : -n]))
+
+
+def table(out: str) -> str:
+    """Write ``out/results.md`` from the ``run.json`` files in ``out``; returns its path."""
+    out_dir = Path(out).expanduser()
+    info_path = out_dir / "comparison.json"
+    if not info_path.is_file():
+        raise ResultsError(f"{info_path} does not exist: run `python -m lmttm_monai.results run NAME --out {out}` first")
+    info = json.loads(info_path.read_text())
+    comparison = _select_arms(_comparison(info["name"]), info.get("arms", ()))
+    runs = {arm.label: [json.loads(p.read_text()) for p in sorted((out_dir / arm.slug).glob("seed*/run.json"))]
+            for arm in comparison.arms}  # fmt: skip
+    base = comparison.arms[0].label
+    lines = [f"# {info['name']}: {' vs '.join(a.label for a in comparison.arms)}", "",
+             f"Seeds {info['seeds']}; overrides {info['overrides'] or 'none (the bundle defaults)'}; "
+             f"machine {info['machine']}; {info['jobs']} job(s) at a time.", "",
+             "| arm | runs | " + " | ".join(comparison.metrics) + " | last-fifth change of " + comparison.curve
+             + f" | paired diff vs {base} ({comparison.metrics[0]}) | minutes per run |",
+             "|---" * (len(comparison.metrics) + 5) + "|"]  # fmt: skip
+    base_by_seed = {r["seed"]: r for r in runs[base]}
+    for arm in comparison.arms:
+        rs = runs[arm.label]
+        cells = [_mean_std([r["metrics"].get(m, float("nan")) for r in rs]) for m in comparison.metrics]
+        changes = [c for c in (_last_fifth_change(r["curve"]) for r in rs) if c is not None]
+        change = _mean_std(changes) if changes else "too few epochs"
+        paired = "-"
+        if arm.label != base:
+            diffs = [r["metrics"][comparison.metrics[0]] - base_by_seed[r["seed"]]["metrics"][comparison.metrics[0]]
+                     for r in rs if r["seed"] in base_by_seed]  # fmt: skip
+            paired = f"{_mean_std(diffs)} over {len(diffs)} seeds"
+            case_diffs = [value - base_by_seed[r["seed"]]["per_case"][case] for r in rs if r["seed"] in base_by_seed
+                          and "per_case" in r for case, value in r["per_case"].items()
+                          if case in base_by_seed[r["seed"]].get("per_case", {})]  # fmt: skip
+            if case_diffs:
+                paired += f"; per case {_mean_std(case_diffs)} over {len(case_diffs)} case-runs"
+        minutes = f"{np.mean([r['seconds'] for r in rs]) / 60:.1f}" if rs else "n/a"
+        lines.append(f"| {arm.label} | {len(rs)} | " + " | ".join(cells) + f" | {change} | {paired} | {minutes} |")
+    if comparison.bundle == "lmttm":
+        lines += ["", _majority_line(info["overrides"])]
+    lines += ["", "Commands (first seed of each arm):", "", "```bash"]
+    lines += [c for arm in comparison.arms for r in runs[arm.label][:1] for c in r["commands"]]
+    lines += ["```", ""]
+    path = out_dir / "results.md"
+    path.write_text("\n".join(lines))
+    return str(path)
+
+
+def _seeds(seeds) -> list[int]:
+    """``3`` (seeds 0, 1, 2), ``"0,1,2"``, or a sequence (fire passes ``--seeds 0,1`` as a tuple)."""
+    try:
+        if isinstance(seeds, int) and not isinstance(seeds, bool):
+            return list(range(seeds))
+        items = seeds.split(",") if isinstance(seeds, str) else list(seeds)
+        chosen = [int(s) for s in items if str(s).strip()]
+    except (TypeError, ValueError):
+        chosen = []
+    if not chosen:
+        raise ResultsError(f"seeds must be a count or comma-separated integers (0,1,2), got {seeds!r}")
+    return chosen
+
+
+def _select_arms(comparison: Comparison, arms) -> Comparison:
+    wanted = [a.strip() for a in (arms.split(",") if isinstance(arms, str) else arms or ()) if a.strip()]
+    if not wanted:
+        return comparison
+    chosen = tuple(a for a in comparison.arms if a.label in wanted or a.slug in wanted)
+    unknown = [w for w in wanted if all(w not in (a.label, a.slug) for a in comparison.arms)]
+    if unknown or not chosen:
+        names = ", ".join(a.slug for a in comparison.arms)
+        raise ResultsError(f"unknown arm(s) {', '.join(unknown) or arms!r} of {comparison.bundle}; choose from {names}")
+    return Comparison(comparison.bundle, chosen, comparison.metrics, comparison.curve, comparison.per_case,
+                      comparison.data_folder, comparison.paper)  # fmt: skip
+
+
+def _majority_line(overrides: dict) -> str:
+    """The test split's majority-class rate: an ACC at it can mean the minority classes are never predicted."""
+    from lmttm_monai.data import default_dataset_dir, load_medmnist3d
+
+    name = overrides.get("dataset_name", "adrenalmnist3d")
+    size = int(overrides.get("image_size", 28))
+    try:
+        _, labels = load_medmnist3d(name, "test", size, overrides.get("dataset_dir", default_dataset_dir("medmnist")),
+                                    download=False)  # fmt: skip
+    except Exception as e:  # the table is still worth writing without it
+        return f"Majority-class rate of the test split: not computed ({e})."
+    counts = np.bincount(np.asarray(labels).reshape(-1))
+    return (f"Majority-class rate of the {name} test split: {counts.max() / counts.sum():.4f} "
+            f"({counts.max()} of {counts.sum()}); a test_acc at this rate may mean one class is always predicted.")  # fmt: skip
+
+
+def _comparison(name: str) -> Comparison:
+    if name not in COMPARISONS:
+        raise ResultsError(f"unknown comparison {name!r}; choose one of {', '.join(COMPARISONS)}")
+    return COMPARISONS[name]
+
+
+def _parse_overrides(override) -> dict[str, str]:
+    items = [override] if isinstance(override, str) else list(override or ())
+    overrides = {}
+    for item in items:
+        for part in str(item).split(","):
+            if not part:
+                continue
+            key, sep, value = part.partition("=")
+            if not sep or not key:
+                raise ResultsError(f"override {part!r} is not key=value (for example epochs=50)")
+            overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> None:
+    import fire
+
+    from lmttm_monai.errors import debug_enabled, one_line
+
+    try:
+        result = fire.Fire({"run": run, "table": table}, command=argv, name="python -m lmttm_monai.results")
+    except Exception as e:  # one line for the user; the traceback with LMTTM_DEBUG=1
+        if debug_enabled():
+            raise
+        print(f"lmttm_monai.results: error: {one_line(e)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    del result  # fire printed it: the path of results.md
+
+
+if __name__ == "__main__":
+    main()

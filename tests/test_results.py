@@ -1,0 +1,47 @@
+"""``python -m lmttm_monai.results``: seeds x arms through the bundle configs, a table, and reruns that keep results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def results(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmttm_monai.results", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=1800)  # fmt: skip
+
+
+def test_a_two_arm_comparison_writes_a_table_and_a_rerun_repeats_no_finished_run(medmnist_dir, tmp_path):
+    budget = f"epochs=1,epoch_length=2,batch_size=8,num_workers=0,dataset_dir={medmnist_dir}"
+    args = ["run", "lmttm", "--out", str(tmp_path), "--seeds", "0", "--arms", "lmttm,ttm", "--override", budget]
+    first = results(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    table = (tmp_path / "results.md").read_text()
+    assert table.startswith("# lmttm: LMTTM vs TTM")
+    rows = [line for line in table.splitlines() if line.startswith("| LMTTM |") or line.startswith("| TTM |")]
+    assert len(rows) == 2 and " ± " in rows[0] and "over 1 seeds" in rows[1]  # mean ± std and the paired difference
+    assert "Majority-class rate of the adrenalmnist3d test split: 0.7685 (229 of 298)" in table
+    record = json.loads((tmp_path / "ttm" / "seed0" / "run.json").read_text())
+    assert set(record["metrics"]) == {"test_acc", "test_auc"} and 0 <= record["metrics"]["test_auc"] <= 1
+    assert len(record["curve"]) == 1 and "ttm.json" in record["commands"][0]
+    stamp = (tmp_path / "ttm" / "seed0" / "run.json").stat().st_mtime_ns
+    again = results(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "ttm" / "seed0" / "run.json").stat().st_mtime_ns == stamp  # kept, not trained again
+
+
+def test_an_unknown_comparison_or_arm_is_one_line_naming_the_choices(tmp_path):
+    unknown = results("run", "nope", "--out", str(tmp_path))
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip().splitlines()[-1] == (
+        "lmttm_monai.results: error: unknown comparison 'nope'; choose one of lmttm, mam_swinunetr, mam_unetr, salstm"
+    )
+    arm = results("run", "lmttm", "--out", str(tmp_path), "--arms", "vit")
+    assert arm.returncode == 1 and arm.stderr.strip().splitlines()[-1].endswith("choose from lmttm, ttm, 3d-resnet-18")
