@@ -215,6 +215,17 @@ def test_bundle_mistake_ends_with_the_projects_own_message_through_the_cli(tmp_p
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+def test_a_failed_download_ends_with_what_to_do_and_leaves_no_empty_data_folder(tmp_path):
+    absent = tmp_path / "data" / "medmnist"
+    result = run_module("run", "training", "--config_file", LMTTM_TRAIN, "--dataset_dir", str(absent), *QUICK[:2],
+                        cwd=tmp_path, env={"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"})  # fmt: skip
+    assert result.returncode != 0
+    line = last_stderr_line(result)
+    assert line.startswith(f"error: FileNotFoundError: {absent / 'adrenalmnist3d.npz'} does not exist and downloading")
+    assert line.endswith("or point dataset_dir (bundle override --dataset_dir) to the folder that holds it.")
+    assert not (tmp_path / "data").exists()  # the folders the download attempt made are gone
+
+
 def test_segmentation_bundle_without_its_data_says_which_file_is_missing(tmp_path):
     config = str(REPO_ROOT / "bundles" / "mam_swinunetr" / "configs" / "train.json")
     result = run_module("run", "training", "--config_file", config, "--dataset_dir", str(tmp_path), cwd=tmp_path)
