@@ -9,7 +9,7 @@ commands) and one ``run.json`` per run. Rerun it and finished runs are kept; a r
 from its last epoch (the bundles' ``--resume true``). ``--jobs`` runs several at once, each with its share of the
 CPU threads. Any MedMNIST 3D dataset works: ``--override dataset_name=vesselmnist3d``.
 
-    python -m lmttm_monai.results run lmttm --seeds 0,1,2 --out results/lmttm --override epochs=50
+    python -m lmttm_monai.results run lmttm --seeds 0,1,2 --out results/lmttm --override epochs=50 --jobs 2
     python -m lmttm_monai.results table results/lmttm
 """
 
@@ -192,7 +192,7 @@ def run(
     Args:
         name: one of :data:`COMPARISONS`.
         out: the results folder (created; rerun to continue).
-        seeds: comma-separated seeds, or a count (``3`` is ``0,1,2``).
+        seeds: comma-separated seeds (``0,1,2``), or one seed.
         jobs: trainings side by side; each gets ``cores // jobs`` threads.
         override: ``key=value`` config overrides for every run (the budget: ``epochs=50``; another dataset).
         arms: comma-separated arm labels or slugs to run (default: all).
@@ -276,10 +276,10 @@ def table(out: str) -> str:
 
 
 def _seeds(seeds) -> list[int]:
-    """``3`` (seeds 0, 1, 2), ``"0,1,2"``, or a sequence (fire passes ``--seeds 0,1`` as a tuple)."""
+    """``"0,1,2"``, one seed (``0``), or a sequence (fire passes ``--seeds 0,1`` as a tuple)."""
     try:
         if isinstance(seeds, int) and not isinstance(seeds, bool):
-            return list(range(seeds))
+            seeds = [seeds]
         items = seeds.split(",") if isinstance(seeds, str) else list(seeds)
         chosen = [int(s) for s in items if str(s).strip()]
     except (TypeError, ValueError):

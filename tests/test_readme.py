@@ -80,7 +80,11 @@ def _without(args: list[str], keys: tuple[str, ...]) -> list[str]:
 
 
 def budgeted(command: str) -> str:
-    """``command`` with the quick budget of its bundle appended (replacing the README's own ``--epochs``)."""
+    """``command`` with the quick budget of its bundle appended (replacing the README's own ``--epochs``); a results
+    comparison runs one seed of two arms for one short epoch."""
+    if command.startswith("python -m lmttm_monai.results run "):
+        command = re.sub(r"--seeds \S+", "--seeds 0 --arms lmttm,ttm", command.replace("--jobs 2", "--jobs 1"))
+        return re.sub(r"epochs=\d+", "epochs=1,epoch_length=2,num_workers=0,batch_size=8", command)
     bundle = _bundle_of(command)
     runs = re.search(r"monai\.bundle run\b", command) or re.match(r"lmttm-monai (train|evaluate|infer) ", command)
     if bundle is None or not runs:
@@ -132,10 +136,12 @@ def test_every_readme_command_runs_in_the_readmes_order(workspace):
     assert not failures, "README commands that failed:\n" + "\n".join(failures)
     # the README's main job and each command family really ran (a parsing slip would silently run nothing)
     assert any(c.startswith("python -m monai.bundle run training --config_file bundles/lmttm/configs/train.json") for c in ran)
-    for family in ("lmttm-monai list", "lmttm-monai train", "lmttm-monai infer", "torchrun", "ckpt_export", "release package"):
+    for family in ("lmttm-monai list", "lmttm-monai train", "lmttm-monai infer", "torchrun", "ckpt_export", "release package",
+                   "lmttm_monai.results run", "--resume true"):
         assert any(family in c for c in ran), family
     assert (workspace / "bundles" / "lmttm" / "models" / "model.pt").is_file()
     assert list((workspace / "runs" / "mam_swinunetr-folder").glob("*_seg.nii.gz"))
+    assert (workspace / "runs" / "results" / "lmttm" / "results.md").is_file()
 
 
 def test_ci_installs_and_tests_as_the_readme_says():

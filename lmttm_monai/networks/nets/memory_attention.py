@@ -127,7 +127,8 @@ class MemoryViT(ViT):
         owner = type(self).__name__
         arguments = _arguments(ViT, args, kwargs)
         positive = ("in_channels", "hidden_size", "mlp_dim", "num_layers", "num_heads")
-        spatial_dims = _check_common(owner, arguments, positive + (("num_classes",) if arguments["classification"] else ()))
+        positive += ("num_classes",) if arguments["classification"] else ()
+        spatial_dims = _check_common(owner, arguments, positive)
         img_size = ensure_tuple_rep(arguments["img_size"], spatial_dims)
         patch_size = ensure_tuple_rep(arguments["patch_size"], spatial_dims)
         if any(p < 1 for p in patch_size) or any(s < p for s, p in zip(img_size, patch_size)):
