@@ -1,0 +1,1 @@
+"""Applications built on the package: a MONAI Label app (``lmttm_monai.apps.monailabel``)."""
