@@ -352,6 +352,45 @@ class Commands:
         release.download(name=name, **options)
 
 
+    def label(self, action: str, studies=None, models="all", python=None, bundles_dir=None, host=None, port=None):
+        """Serve the bundles with MONAI Label (`label serve`), or print the command (`label command`).
+
+        MONAI Label runs in its own environment (bash .ci/label-install.sh ~/label-venv; docs/monailabel.md): name
+        its interpreter with --python, or set LMTTM_LABEL_PYTHON. --models all, or names separated by commas.
+        Example: lmttm-monai label serve --studies ~/studies --python ~/label-venv/bin/python
+                 lmttm-monai label command --studies ~/studies
+        """
+        import shlex
+        import subprocess
+
+        from lmttm_monai.apps.monailabel import start_command
+
+        if action not in ("serve", "command"):
+            raise CLIError(f"unknown label action {action!r}; use `label serve` or `label command`")
+        if studies is None:
+            raise CLIError("label needs --studies DIR, the folder of images to serve")
+        interpreter = python or os.environ.get("LMTTM_LABEL_PYTHON")
+        launcher = (str(Path(interpreter).expanduser()), "-m", "monailabel.main") if interpreter else ("monailabel",)
+        studies = str(Path(str(studies)).expanduser())
+        if not isinstance(models, str):  # fire reads --models a,b as a tuple
+            models = ",".join(str(m) for m in models)
+        argv = start_command(studies, models, bundles_dir, host, port, launcher=launcher)
+        if action == "command":
+            return shlex.join(argv)
+        if interpreter is None or not Path(launcher[0]).is_file():
+            raise CLIError(
+                f"MONAI Label's interpreter {'is not set' if interpreter is None else launcher[0] + ' does not exist'}: "
+                "build its environment with `bash .ci/label-install.sh ~/label-venv` and pass "
+                "--python ~/label-venv/bin/python (or set LMTTM_LABEL_PYTHON)"
+            )
+        if not Path(studies).is_dir():
+            raise CLIError(f"--studies {studies} is not a folder")
+        code = subprocess.call(argv)  # until the user stops it (Ctrl-C)
+        if code not in (0, -2, 130):  # -2 / 130: stopped with Ctrl-C
+            raise CLIError(f"the MONAI Label server exited with status {code}; its log: {Path(argv[3]) / 'logs' / 'app.log'}")
+        return None
+
+
 def _usage(commands: list[str]) -> str:
     lines = [f"usage: {PROG} COMMAND [ARGS] [--key value ...] [--debug]", "", *Commands.__doc__.strip().splitlines(), ""]
     lines.append("commands:")

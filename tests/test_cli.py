@@ -37,7 +37,7 @@ def last_stderr_line(result: subprocess.CompletedProcess) -> str:
     return lines[-1] if lines else ""
 
 
-@pytest.mark.parametrize("command", ["list", "train", "evaluate", "infer", "export", "verify", "package", "download"])
+@pytest.mark.parametrize("command", ["list", "train", "evaluate", "infer", "export", "verify", "package", "download", "label"])
 def test_every_command_has_help_with_an_example(command):
     result = cli(command, "--help")
     assert result.returncode == 0, result.stderr
@@ -245,3 +245,17 @@ def test_bundle_runs_hide_deprecation_notices_unless_debugging():
     debug = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True,
                            env={**os.environ, "LMTTM_DEBUG": "1"})  # fmt: skip
     assert "an internal deprecation" in debug.stderr
+
+
+def test_label_command_prints_the_monai_label_start_command_and_serve_says_what_it_needs(tmp_path):
+    from lmttm_monai.apps.monailabel import APP_DIR
+
+    printed = cli("label", "command", "--studies", str(tmp_path), "--models", "lmttm,salstm", "--python", "/opt/py")
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert last_line(printed) == (f"/opt/py -m monailabel.main start_server --app {APP_DIR} --studies {tmp_path} "
+                                  "--conf models lmttm,salstm")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "LMTTM_LABEL_PYTHON"}
+    missing = subprocess.run([str(CLI), "label", "serve", "--studies", str(tmp_path)], capture_output=True, text=True,
+                             env=env, timeout=120)  # fmt: skip
+    assert missing.returncode == 1
+    assert last_stderr_line(missing).startswith("lmttm-monai: error: MONAI Label's interpreter is not set: build its")
