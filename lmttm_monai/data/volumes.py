@@ -2,7 +2,8 @@
 
 Every file is checked before inference starts, in two steps: its header (shape, voxel type and, for NIfTI, the
 affine) without reading the voxels, so that a volume far larger than the bundle is made for is refused before it
-takes memory; then its voxels, read with the reader the bundle uses, for NaN/infinite values and a usable affine.
+takes memory; then its voxels, read with the reader the bundle uses (a NIfTI's with nibabel too, since SimpleITK
+silently zeroes NaN voxels and reads a truncated .nii.gz), for their type, NaN/infinite values and a usable affine.
 The checks (:func:`voxel_problem`, :func:`affine_problem`, :func:`size_problem`) are shared with
 :class:`lmttm_monai.data.ValidateSegmentationd`, which applies them to images loaded for training and evaluation.
 """
@@ -95,7 +96,10 @@ def voxel_problem(array: Any) -> str | None:
         if not finite.all():
             bad = int(values.size - np.count_nonzero(finite))
             first = tuple(int(i) for i in np.unravel_index(int(np.argmin(finite)), values.shape))  # first False
-            return f"{bad} of {values.size} voxels are NaN or infinite (the first at index {first}); replace them before inference"
+            return (
+                f"{bad} of {values.size} voxels are NaN or infinite (the first at index {first}); "
+                "replace them before inference"
+            )
     return None
 
 
