@@ -33,10 +33,28 @@ from monai.utils import set_determinism
 from lmttm_monai.errors import UserError
 from lmttm_monai.outputs import as_bool, atomic_path
 
-__all__ = ["AtomicDiskSaver", "CheckpointSaver", "TrainingCheckpoint", "atomic_torch_save", "CHECKPOINT_NAME"]
+__all__ = [
+    "AtomicDiskSaver", "CheckpointSaver", "TrainingCheckpoint", "atomic_torch_save", "check_schedule", "CHECKPOINT_NAME",
+]  # fmt: skip
 
 CHECKPOINT_NAME = "checkpoint.pt"
 logger = logging.getLogger(__name__)
+
+
+def _whole(value: object, key: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        also = " (or null: the whole data set)" if allow_none else ""
+        raise UserError(f"{key} must be a positive whole number{also}, got {value!r}.")
+
+
+def check_schedule(epochs: object, epoch_length: object = None, val_interval: object = 1) -> None:
+    """Refuse a training schedule that ignite would misread: ``--epochs 1.5`` trains 2 epochs there, and
+    ``--epochs abc`` ends in a comparison error that names neither the key nor the value."""
+    _whole(epochs, "epochs")
+    _whole(epoch_length, "epoch_length", allow_none=True)
+    _whole(val_interval, "val_interval")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

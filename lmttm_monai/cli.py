@@ -101,7 +101,7 @@ def _resumable_run(root: Path, overlays: list[str]) -> Path:
             f"--resume: no earlier `{PROG} train {root.name}` run with overlays {overlays or 'none'} left a "
             f"checkpoint under {Path(RUNS_ROOT, root.name)}; give its folder with --output_dir"
         )
-    return max(runs, key=lambda p: p.stat().st_mtime).parents[1]
+    return max(runs, key=lambda p: p.stat().st_mtime).parents[1].resolve()
 
 
 def _run_dir(root: Path, command: str, output_dir: str | None, overwrite: bool, resume: bool = False) -> Path:

@@ -389,6 +389,18 @@ def test_a_batch_size_that_is_not_a_number_is_refused_naming_the_key(medmnist_di
     assert_refused(result, "error: ValueError: batch_size should be a positive integer value, but got batch_size=abc")
 
 
+@pytest.mark.parametrize(("key", "value", "shown"), [("epochs", "1.5", "1.5"), ("epochs", "abc", "'abc'"),
+                                                   ("epoch_length", "0", "0"), ("val_interval", "-1", "-1")])  # fmt: skip
+def test_a_training_schedule_that_is_not_a_whole_number_is_refused_naming_the_key(medmnist_dir, tmp_path, key, value,
+                                                                                  shown):  # fmt: skip
+    result = bundle_run("lmttm", "--dataset_dir", str(medmnist_dir), f"--{key}", value, "--ckpt_dir",
+                        str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), configs=("train",),
+                        workflow="training")  # fmt: skip
+    also = " (or null: the whole data set)" if key == "epoch_length" else ""
+    assert_refused(result, f"error: {key} must be a positive whole number{also}, got {shown}.")
+    assert not (tmp_path / "models").exists()  # refused before anything was written
+
+
 def test_a_max_voxels_that_is_not_a_number_is_refused_naming_the_key(hippocampus_case, checkpoints, tmp_path):
     result = seg_inference("salstm", checkpoints, tmp_path, hippocampus_case["image"], "--max_voxels", "abc")
     assert_refused(
