@@ -78,13 +78,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
             os.remove(tmp)
 
 
-def refuse_overwrite(patterns: Sequence[str] | str, overwrite: bool | str = False, resume: bool | str = False) -> None:
+def refuse_overwrite(
+    patterns: Sequence[str] | str, overwrite: bool | str = False, resume: bool | str = False, resumable: bool = False
+) -> None:
     """Raise :class:`OutputExistsError` when a file in ``patterns`` exists, unless ``overwrite``.
 
     Args:
         patterns: the files the run will write (paths, or ``glob`` patterns such as ``eval/*_seg.*``).
         overwrite: the bundle's ``overwrite`` key: ``True`` lets the run replace them.
-        resume: the training configs' ``resume`` key: continuing a run means keeping its files, so they may exist.
+        resume: the configs' ``resume`` key: continuing a run means keeping its files, so they may exist.
+        resumable: the run can complete what an earlier one left (per-case inference): say so in the message.
     """
     if isinstance(patterns, str):
         patterns = [patterns]
@@ -98,6 +101,8 @@ def refuse_overwrite(patterns: Sequence[str] | str, overwrite: bool | str = Fals
     if checkpoints:  # an earlier training run's full state: the first way on is to continue it
         found = checkpoints + [path for path in found if path not in checkpoints]
         way = "pass --resume true to continue that training, --overwrite true to start it again"
+    elif resumable:
+        way = "pass --resume true to infer only the inputs without one, --overwrite true to replace them"
     more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
     raise OutputExistsError(
         f"{found[0]}{more} exists, written by an earlier run; {way}, "

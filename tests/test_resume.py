@@ -101,3 +101,40 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_with_the_weights_of_an_uninterr
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "training had already finished (epoch 3 of 3" in finished.stdout + finished.stderr
     assert (killed / "models" / "checkpoint.pt").read_bytes() == before
+
+
+def test_an_interrupted_folder_inference_rerun_with_resume_infers_only_the_inputs_without_an_output(
+    hippocampus_dir, tmp_path
+):
+    from monai.bundle import ConfigParser
+
+    config = str(BUNDLES / "salstm" / "configs" / "inference.json")
+    parser = ConfigParser()
+    parser.read_config(config)
+    torch.manual_seed(0)
+    (tmp_path / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
+    volumes = tmp_path / "volumes"
+    volumes.mkdir()
+    for image in sorted((hippocampus_dir / "imagesTr").glob("*.nii.gz"))[:3]:
+        (volumes / image.name).symlink_to(image)
+    out = tmp_path / "out"
+    infer = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--input_dir", str(volumes),
+             "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(out), "--num_workers", "0"]  # fmt: skip
+    first = run(infer)
+    assert first.returncode == 0, first.stderr[-3000:]
+    written = sorted(out.iterdir())
+    assert len(written) == 3
+    # what a run killed before its last volume leaves: whole files (atomic writes) for the first two
+    missing = written[-1]
+    expected = missing.read_bytes()
+    missing.unlink()
+    kept = {p: p.stat().st_mtime_ns for p in written[:2]}
+    refused = run(infer)
+    assert refused.returncode == 1
+    assert "--resume true to infer only the inputs without one" in refused.stderr.splitlines()[-1]
+    resumed = run([*infer, "--resume", "true"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resume: 2 of 3 inputs already have their output" in resumed.stdout + resumed.stderr
+    assert {p: p.stat().st_mtime_ns for p in written[:2]} == kept  # not written again
+    assert missing.read_bytes() == expected

@@ -10,7 +10,7 @@ from lmttm_monai.data.medmnist3d import (
     medmnist_npz_path,
 )
 from lmttm_monai.data.paths import data_root, default_dataset_dir
-from lmttm_monai.data.saving import AtomicSaveImage, AtomicSaveImaged
+from lmttm_monai.data.saving import AtomicSaveImage, AtomicSaveImaged, unwritten
 from lmttm_monai.data.segmentation import SPLITS, ValidateSegmentationd, decathlon_datalist, source_name
 from lmttm_monai.data.sitk_io import SaveLikeInputd, SimpleITKReader, SimpleITKWriter, output_ext_for
 from lmttm_monai.data.volumes import image_datalist, volume_datalist
@@ -39,5 +39,6 @@ __all__ = [
     "medmnist_npz_path",
     "output_ext_for",
     "source_name",
+    "unwritten",
     "volume_datalist",
 ]

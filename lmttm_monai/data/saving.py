@@ -8,8 +8,10 @@ last, so a header, the file a reader opens, always has its data. A killed run le
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+from collections.abc import Sequence
 from os import PathLike
 
 import torch
@@ -17,7 +19,9 @@ from monai.data import MetaTensor
 from monai.transforms import SaveImage, SaveImaged
 from monai.utils import MetaKeys
 
-__all__ = ["AtomicSaveImage", "AtomicSaveImaged"]
+__all__ = ["AtomicSaveImage", "AtomicSaveImaged", "unwritten"]
+
+logger = logging.getLogger(__name__)
 
 
 class AtomicSaveImage(SaveImage):
@@ -53,3 +57,36 @@ class AtomicSaveImaged(SaveImaged):
         super().__init__(*args, **kwargs)
         # SaveImaged builds its SaveImage from a dozen arguments; the atomic one adds behaviour, not state
         self.saver.__class__ = AtomicSaveImage
+
+
+def unwritten(
+    datalist: Sequence[dict],
+    output_dir: str | PathLike,
+    output_postfix: str = "seg",
+    output_ext: str | None = None,
+    resume: bool | str = False,
+) -> list[dict]:
+    """The items of ``datalist`` whose output is not in ``output_dir`` yet; every item unless ``resume``.
+
+    With ``resume`` a rerun of an interrupted inference completes what is missing: the output name of each item is
+    the one the bundle's saver gives it (MONAI's naming with ``output_postfix``, ``separate_folder=False``, and
+    ``output_ext``, or :func:`~lmttm_monai.data.output_ext_for` of the input when ``None``), and items whose file
+    exists are left out. The files are whole, since every one was written atomically.
+    """
+    from lmttm_monai.data.sitk_io import output_ext_for
+    from lmttm_monai.outputs import as_bool
+
+    if not as_bool(resume, "resume"):
+        return list(datalist)
+    remaining = []
+    for item in datalist:
+        source = item["image"]
+        saver = SaveImage(output_dir=output_dir, output_postfix=output_postfix, separate_folder=False, print_log=False,
+                          output_ext=output_ext or output_ext_for(source))  # fmt: skip
+        if not os.path.isfile(saver.folder_layout.filename(**saver.fname_formatter({"filename_or_obj": source}, saver))):
+            remaining.append(item)
+    logger.info(
+        "resume: %d of %d inputs already have their output in %s; inferring the other %d",
+        len(datalist) - len(remaining), len(datalist), output_dir, len(remaining),
+    )  # fmt: skip
+    return remaining
