@@ -61,7 +61,8 @@ class Comparison:
 COMPARISONS = {
     "lmttm": Comparison(
         "lmttm",
-        (Arm("LMTTM"), Arm("TTM", ("ttm.json",)), Arm("3D ResNet-18", ("resnet18.json",))),
+        (Arm("LMTTM"), Arm("TTM", ("ttm.json",)), Arm("TTM scenic", ("ttm_scenic.json",)),
+         Arm("3D ResNet-18", ("resnet18.json",))),  # fmt: skip
         ("test_acc", "test_auc"),
         "val_auc",
         data_folder="medmnist",

@@ -17,7 +17,7 @@ from conftest import REPO_ROOT, require_path
 BUNDLES = REPO_ROOT / "bundles"
 # bundle -> the overlays that change its network (each must still fit the metadata's input and output)
 NETWORK_OVERLAYS = {
-    "lmttm": ["ttm.json", "resnet18.json"],
+    "lmttm": ["ttm.json", "ttm_scenic.json", "resnet18.json"],
     "mam_swinunetr": ["swinunetr.json", "sts.json"],
     "mam_unetr": ["unetr.json"],
     "salstm": ["lstmsa.json", "unet.json"],

@@ -84,6 +84,30 @@ def test_zeros_initial_memory_is_zero_and_not_trained():
     assert net.memory.initial_memory(2).abs().sum() == 0
 
 
+SCENIC = dict(token_learner="scenic", position_embedding=False, memory_init="zeros", process_unit="transformer")
+
+
+@pytest.mark.parametrize("name", ["lmttm", "ttm"])
+def test_scenic_token_machine_has_a_64_wide_bottleneck_no_projection_no_embeddings_and_zero_memory(name):
+    net = small(name, **SCENIC)
+    for learner in (net.memory.reader, net.memory.writer):
+        assert learner.score[1].out_features == 64  # TokenLearnerV11's bottleneck MLP
+        assert isinstance(learner.features, torch.nn.Identity)  # its weights apply to the raw tokens
+    for embedding in (net.memory.read_embedding, net.memory.write_embedding):
+        assert not embedding.requires_grad and embedding.abs().sum() == 0
+    assert not net.memory.initial.requires_grad and net.memory.initial.abs().sum() == 0
+    trained = {k for k, p in net.named_parameters() if p.requires_grad}
+    assert not any("embedding" in k or k == "memory.initial" or "features" in k for k in trained)
+    # the same state-dict keys as the authors' variant, less the feature projection it does not have
+    authors = set(small(name).state_dict())
+    assert set(net.state_dict()) == {k for k in authors if ".features." not in k}
+    net.eval()
+    x = torch.rand(2, 1, 28, 28, 28)
+    assert torch.equal(torch.jit.script(net)(x), net(x))
+    with pytest.raises(ValueError, match="token_learner must be one of"):
+        small(name, token_learner="v1")
+
+
 @pytest.mark.parametrize("process_unit", ["transformer", "mixer", "mlp"])
 @pytest.mark.parametrize("name", ["lmttm", "ttm"])
 def test_every_process_unit_trains(name, process_unit):

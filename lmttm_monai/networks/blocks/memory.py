@@ -22,6 +22,9 @@ from lmttm_monai.networks.blocks.token_learner import TokenLearner
 __all__ = ["TokenMemory", "LinkedMemory"]
 
 MEMORY_INITS = ("learned", "zeros")
+# token learners of the read and write: the LMTTM authors' (an MLP as wide as the tokens, projected features) or
+# scenic's TokenLearnerV11 as the Token Turing Machine uses it (a 64-wide bottleneck MLP, weights on the raw tokens)
+TOKEN_LEARNERS = ("lmttm", "scenic")
 
 
 class _ExternalMemory(nn.Module):
@@ -38,19 +41,32 @@ class _ExternalMemory(nn.Module):
         write_tokens: int,
         dropout: float,
         memory_init: str,
+        token_learner: str = "lmttm",
+        position_embedding: bool = True,
     ) -> None:
         super().__init__()
         if memory_init not in MEMORY_INITS:
             raise ValueError(f"memory_init must be one of {MEMORY_INITS}, got {memory_init!r}.")
+        if token_learner not in TOKEN_LEARNERS:
+            raise ValueError(f"token_learner must be one of {TOKEN_LEARNERS}, got {token_learner!r}.")
         learned = memory_init == "learned"
         initial = torch.randn(*initial_shape, dim) * 0.02 if learned else torch.zeros(*initial_shape, dim)
         self.initial = nn.Parameter(initial, requires_grad=learned)
         # Learned, created once: the authors' code drew fresh random "embeddings" inside forward, which made
         # the same input give different outputs on every call.
-        self.read_embedding = nn.Parameter(torch.randn(1, read_length, dim) * 0.02)
-        self.write_embedding = nn.Parameter(torch.randn(1, write_length, dim) * 0.02)
-        self.reader = TokenLearner(dim, read_tokens, dropout=dropout)
-        self.writer = TokenLearner(dim, write_tokens, dropout=dropout)
+        # Without position_embedding (scenic's TTM has none) they stay zero and are not trained, so the state dict
+        # keeps one set of keys for every option.
+        def embedding(length: int) -> nn.Parameter:
+            if position_embedding:
+                return nn.Parameter(torch.randn(1, length, dim) * 0.02)
+            return nn.Parameter(torch.zeros(1, length, dim), requires_grad=False)
+
+        self.read_embedding = embedding(read_length)
+        self.write_embedding = embedding(write_length)
+        scenic = token_learner == "scenic"
+        learner = {"hidden_dim": 64 if scenic else None, "feature_projection": not scenic, "dropout": dropout}
+        self.reader = TokenLearner(dim, read_tokens, **learner)
+        self.writer = TokenLearner(dim, write_tokens, **learner)
 
     def initial_memory(self, batch_size: int) -> torch.Tensor:
         """The initial memory, ``[B, *initial_shape, C]``, made afresh for every forward call."""
@@ -75,6 +91,8 @@ class TokenMemory(_ExternalMemory):
         read_tokens: tokens read per step ``r``.
         dropout: dropout inside the token learners.
         memory_init: ``"learned"`` (a learned initial memory) or ``"zeros"`` (as in scenic).
+        token_learner: ``"lmttm"`` (the LMTTM authors' token learner) or ``"scenic"`` (TokenLearnerV11).
+        position_embedding: add learned positional embeddings to the read and write sequences (scenic: none).
 
     Shapes: memory ``[B, m, C]``; inputs ``[B, n, C]``; read ``[B, r, C]``; outputs ``[B, r, C]``.
     """
@@ -87,6 +105,8 @@ class TokenMemory(_ExternalMemory):
         read_tokens: int = 8,
         dropout: float = 0.0,
         memory_init: str = "learned",
+        token_learner: str = "lmttm",
+        position_embedding: bool = True,
     ) -> None:
         _check_sizes(dim=dim, memory_tokens=memory_tokens, input_tokens=input_tokens, read_tokens=read_tokens)
         super().__init__(
@@ -98,6 +118,8 @@ class TokenMemory(_ExternalMemory):
             write_tokens=memory_tokens,
             dropout=dropout,
             memory_init=memory_init,
+            token_learner=token_learner,
+            position_embedding=position_embedding,
         )
         self.num_read_tokens = read_tokens
 
@@ -133,6 +155,8 @@ class LinkedMemory(_ExternalMemory):
         read_tokens: tokens read per unit ``r``.
         dropout: dropout inside the token learners.
         memory_init: ``"learned"`` (a learned initial memory) or ``"zeros"``.
+        token_learner: ``"lmttm"`` or ``"scenic"``, as for :class:`TokenMemory`.
+        position_embedding: as for :class:`TokenMemory`.
 
     Shapes: memory ``[B, k, m / k, C]``; inputs ``[B, n, C]``; read ``[B, 3 r, C]``; outputs ``[B, 3 r, C]``.
     """
@@ -146,6 +170,8 @@ class LinkedMemory(_ExternalMemory):
         read_tokens: int = 8,
         dropout: float = 0.0,
         memory_init: str = "learned",
+        token_learner: str = "lmttm",
+        position_embedding: bool = True,
     ) -> None:
         _check_sizes(dim=dim, memory_tokens=memory_tokens, input_tokens=input_tokens, read_tokens=read_tokens)
         if memory_units < 1 or memory_tokens % memory_units != 0:
@@ -163,6 +189,8 @@ class LinkedMemory(_ExternalMemory):
             write_tokens=unit_tokens,
             dropout=dropout,
             memory_init=memory_init,
+            token_learner=token_learner,
+            position_embedding=position_embedding,
         )
         self.memory_units = memory_units
         self.unit_tokens = unit_tokens

@@ -53,6 +53,10 @@ class TokenTuringMachine(nn.Module):
         dropout: dropout rate in the process unit and token learners.
         process_unit: ``"transformer"``, ``"mixer"`` or ``"mlp"``.
         memory_init: ``"learned"`` or ``"zeros"`` initial memory, fresh for every volume.
+        token_learner: ``"lmttm"`` (the LMTTM authors' read/write token learner: an MLP as wide as the tokens and a
+            feature projection) or ``"scenic"`` (TokenLearnerV11 as scenic's TTM uses it: a 64-wide bottleneck MLP,
+            the weights applied to the raw tokens).
+        position_embedding: learned positional embeddings on the read and write sequences (scenic's TTM: none).
 
     Shapes:
         ``forward(x)``: ``x`` ``[B, in_channels, *img_size]`` -> logits ``[B, out_channels]``.
@@ -78,6 +82,8 @@ class TokenTuringMachine(nn.Module):
         dropout: float = 0.2,
         process_unit: str = "transformer",
         memory_init: str = "learned",
+        token_learner: str = "lmttm",
+        position_embedding: bool = True,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -117,10 +123,13 @@ class TokenTuringMachine(nn.Module):
             spatial_dims, in_channels, dim, strides=patch_size, kernel_size=patch_size, padding=0, act="RELU", norm=None
         )
         self.memory: LinkedMemory | TokenMemory
+        options = {"token_learner": token_learner, "position_embedding": position_embedding}
         if memory_units is None:
-            self.memory = TokenMemory(dim, memory_tokens, input_tokens, read_tokens, dropout, memory_init)
+            self.memory = TokenMemory(dim, memory_tokens, input_tokens, read_tokens, dropout, memory_init, **options)
         else:
-            self.memory = LinkedMemory(dim, memory_tokens, memory_units, input_tokens, read_tokens, dropout, memory_init)
+            self.memory = LinkedMemory(
+                dim, memory_tokens, memory_units, input_tokens, read_tokens, dropout, memory_init, **options
+            )
         self.process = ProcessUnit(
             process_unit, dim, self.memory.num_read_tokens, num_layers, num_heads, mlp_ratio, dropout
         )
@@ -203,12 +212,15 @@ class LMTTM(TokenTuringMachine):
         dropout: float = 0.2,
         process_unit: str = "transformer",
         memory_init: str = "learned",
+        token_learner: str = "lmttm",
+        position_embedding: bool = True,
     ) -> None:
         if memory_units is None or memory_units < 1:
             raise ValueError(f"memory_units must be a positive integer for LMTTM, got {memory_units}.")
         super().__init__(
             spatial_dims, in_channels, out_channels, img_size, patch_size, dim, memory_tokens, memory_units,
-            read_tokens, num_layers, num_heads, mlp_ratio, dropout, process_unit, memory_init,
+            read_tokens, num_layers, num_heads, mlp_ratio, dropout, process_unit, memory_init, token_learner,
+            position_embedding,
         )
 
 
@@ -216,7 +228,10 @@ class TTM(TokenTuringMachine):
     """Token Turing Machine (Ryoo et al., CVPR 2023), LMTTM's predecessor and ablation baseline.
 
     One memory of ``memory_tokens`` tokens is read whole (``r`` tokens) and rewritten whole at every step.
-    See :class:`TokenTuringMachine` for the arguments and shapes.
+    See :class:`TokenTuringMachine` for the arguments and shapes. The defaults are the LMTTM authors' TTM; the
+    Token Turing Machine as scenic implements it is
+    ``TTM(..., token_learner="scenic", position_embedding=False, memory_init="zeros", process_unit="transformer")``
+    (the bundle's ``ttm_scenic.json`` overlay).
     """
 
     def __init__(
@@ -235,8 +250,10 @@ class TTM(TokenTuringMachine):
         dropout: float = 0.2,
         process_unit: str = "transformer",
         memory_init: str = "learned",
+        token_learner: str = "lmttm",
+        position_embedding: bool = True,
     ) -> None:
         super().__init__(
             spatial_dims, in_channels, out_channels, img_size, patch_size, dim, memory_tokens, None, read_tokens,
-            num_layers, num_heads, mlp_ratio, dropout, process_unit, memory_init,
+            num_layers, num_heads, mlp_ratio, dropout, process_unit, memory_init, token_learner, position_embedding,
         )
