@@ -152,6 +152,7 @@ def test_two_process_gloo_training_uses_disjoint_shards_and_only_rank_0_writes(m
     assert len(shards[0]) == 16 and len(shards[1]) == 16  # 2 iterations of 8 volumes on each rank
     assert not shards[0] & shards[1]
     assert (tmp_path / "models" / "model.pt").is_file()
-    assert len(list((tmp_path / "models").iterdir())) == 1
+    # one writer: the best model and the epoch checkpoint, no second copy, no temporary file
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["checkpoint.pt", "model.pt"]
     # rank 0 alone logs to TensorBoard: one writer for training and one for validation
     assert len(list((tmp_path / "eval").glob("events.out.tfevents.*"))) == 2
