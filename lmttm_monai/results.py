@@ -7,10 +7,12 @@ A comparison is a bundle and its arms (the default network and the overlays that
 first arm on the same seeds and, for segmentation, on the same cases, the budget, the machine and the exact
 commands) and one ``run.json`` per run. Rerun it and finished runs are kept; a run killed while training continues
 from its last epoch (the bundles' ``--resume true``). ``--jobs`` runs several at once, each with its share of the
-CPU threads. Any MedMNIST 3D dataset works: ``--override dataset_name=vesselmnist3d``.
+CPU threads. Any MedMNIST 3D dataset works: ``--override dataset_name=vesselmnist3d``. The table comes with
+pictures of the finished runs (:mod:`lmttm_monai.figures`: curves, ROC and confusion or segmentation overlays, the
+LMTTM memory), written into ``--figures DIR`` (default ``OUT/figures``) and linked from results.md.
 
     python -m lmttm_monai.results run lmttm --seeds 0,1,2 --out results/lmttm --override epochs=50 --jobs 2
-    python -m lmttm_monai.results table results/lmttm
+    python -m lmttm_monai.results table results/lmttm --figures docs/figures
 """
 
 from __future__ import annotations
@@ -129,6 +131,23 @@ def _read_curve(log: str, metric: str) -> list[float]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
+def _read_train_loss(log: str) -> list[float]:
+    """The mean training loss of each epoch, from the training log's ``Epoch: e/E, Iter: i/N -- train_loss: v`` lines.
+
+    A run killed and resumed appends to the same log and repeats the epoch it was killed in from its first
+    iteration: an iteration seen again in an epoch starts that epoch afresh, so each epoch averages one pass.
+    """
+    pattern = re.compile(r"Epoch: (\d+)/\d+, Iter: (\d+)/\d+ -- train_loss: ([-0-9.eE+naif]+)")
+    by_epoch: dict[int, dict[int, float]] = {}
+    for m in pattern.finditer(log):
+        epoch, iteration = int(m.group(1)), int(m.group(2))
+        losses = by_epoch.setdefault(epoch, {})
+        if iteration in losses:
+            losses.clear()
+        losses[iteration] = float(m.group(3))
+    return [float(np.mean(list(by_epoch[e].values()))) for e in sorted(by_epoch)]
+
+
 def _read_per_case(path: Path) -> dict[str, float]:
     """Per-case mean of a MONAI ``*_raw.csv`` (``filename<TAB>class...<TAB>mean``)."""
     text = path.read_text()
@@ -163,10 +182,12 @@ def _run_one(comparison: Comparison, arm: Arm, seed: int, out: Path, overrides: 
         if code != 0:
             tail = (run_dir / f"{name}.log").read_text().strip().splitlines()[-1:]
             raise ResultsError(f"{arm.label} seed {seed}: {name} failed ({run_dir / f'{name}.log'}: {' '.join(tail)})")
+    log = (run_dir / "train.log").read_text()
     result = {
         "arm": arm.label, "seed": seed, "overlays": list(arm.overlays), "overrides": overrides,
         "metrics": _read_metrics(run_dir / "test" / "metrics.csv"),
-        "curve": _read_curve((run_dir / "train.log").read_text(), comparison.curve),
+        "curve": _read_curve(log, comparison.curve),
+        "train_loss": [round(v, 6) for v in _read_train_loss(log)],
         "seconds": round(time.time() - started, 1), "threads": threads,
         "commands": [_display(train), _display(evaluate)],
     }  # fmt: skip
@@ -186,7 +207,13 @@ def machine() -> dict:
 
 
 def run(
-    name: str, out: str, seeds: str | int = "0,1,2", jobs: int = 1, override: tuple | list | str = (), arms: str = ""
+    name: str,
+    out: str,
+    seeds: str | int = "0,1,2",
+    jobs: int = 1,
+    override: tuple | list | str = (),
+    arms: str = "",
+    figures: str | None = None,
 ) -> str:
     """Train and evaluate every arm of comparison ``name`` with every seed into ``out``, then write the table.
 
@@ -197,6 +224,7 @@ def run(
         jobs: trainings side by side; each gets ``cores // jobs`` threads.
         override: ``key=value`` config overrides for every run (the budget: ``epochs=50``; another dataset).
         arms: comma-separated arm labels or slugs to run (default: all).
+        figures: folder for the pictures of the finished runs (default ``out/figures``); see :func:`table`.
     """
     comparison = _select_arms(_comparison(name), arms)
     seed_list = _seeds(seeds)
@@ -213,7 +241,7 @@ def run(
     info = {"name": name, "arms": [a.label for a in comparison.arms], "seeds": seed_list, "overrides": overrides,
             "jobs": jobs, "machine": machine()}  # fmt: skip
     (out_dir / "comparison.json").write_text(json.dumps(info, indent=2) + "\n")
-    return table(str(out_dir))
+    return table(str(out_dir), figures)
 
 
 def _mean_std(values: list[float]) -> str:
@@ -231,8 +259,15 @@ def _last_fifth_change(curve: list[float]) -> float | None:
     return float(np.mean(curve[-n:]) - np.mean(curve[-2 * n : -n]))
 
 
-def table(out: str) -> str:
-    """Write ``out/results.md`` from the ``run.json`` files in ``out``; returns its path."""
+def table(out: str, figures: str | None = None) -> str:
+    """Write ``out/results.md`` from the ``run.json`` files in ``out``, with its pictures; returns its path.
+
+    Args:
+        out: the results folder.
+        figures: folder for the PNG pictures of :mod:`lmttm_monai.figures` (for example ``docs/figures``), named
+            after the comparison and its dataset; default ``out/figures``. results.md links them relative to its
+            own folder. Given explicitly, a missing matplotlib is an error; by default results.md says so instead.
+    """
     out_dir = Path(out).expanduser()
     info_path = out_dir / "comparison.json"
     if not info_path.is_file():
@@ -268,12 +303,31 @@ def table(out: str) -> str:
         lines.append(f"| {arm.label} | {len(rs)} | " + " | ".join(cells) + f" | {change} | {paired} | {minutes} |")
     if comparison.bundle == "lmttm":
         lines += ["", _majority_line(info["overrides"])]
+    lines += ["", "## Figures", "", *_figure_lines(out_dir, figures)]
     lines += ["", "Commands (first seed of each arm):", "", "```bash"]
     lines += [c for arm in comparison.arms for r in runs[arm.label][:1] for c in r["commands"]]
     lines += ["```", ""]
     path = out_dir / "results.md"
     path.write_text("\n".join(lines))
     return str(path)
+
+
+def _figure_lines(out_dir: Path, figures: str | None) -> list[str]:
+    """Draw the pictures (:func:`lmttm_monai.figures.write_figures`) and link them from results.md's folder."""
+    from lmttm_monai.figures import MissingMatplotlibError, write_figures
+
+    try:
+        pictures, notes = write_figures(out_dir, figures)
+    except MissingMatplotlibError as e:
+        if figures:
+            raise
+        return [f"Figures not drawn: {e}."]
+    lines = []
+    for caption, path in pictures:
+        # relative: results.md and its pictures can be moved together (docs/ and docs/figures/)
+        link = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))).as_posix()
+        lines += [f"**{caption}**", "", f"![{caption}]({link})", ""]
+    return lines + notes
 
 
 def _seeds(seeds) -> list[int]:
@@ -303,15 +357,25 @@ def _select_arms(comparison: Comparison, arms) -> Comparison:
                       comparison.data_folder, comparison.paper)  # fmt: skip
 
 
-def _majority_line(overrides: dict) -> str:
-    """The test split's majority-class rate: an ACC at it can mean the minority classes are never predicted."""
+def _dataset(overrides: dict) -> tuple[str, int]:
+    """The MedMNIST dataset and size of an lmttm comparison: its overrides, else the bundle's defaults."""
+    return overrides.get("dataset_name", "adrenalmnist3d"), int(overrides.get("image_size", 28))
+
+
+def _test_labels(overrides: dict) -> tuple[str, int, np.ndarray]:
+    """Name, size and true labels (dataset order) of the test split an lmttm comparison was evaluated on."""
     from lmttm_monai.data import default_dataset_dir, load_medmnist3d
 
-    name = overrides.get("dataset_name", "adrenalmnist3d")
-    size = int(overrides.get("image_size", 28))
+    name, size = _dataset(overrides)
+    _, labels = load_medmnist3d(name, "test", size, overrides.get("dataset_dir", default_dataset_dir("medmnist")),
+                                download=False)  # fmt: skip
+    return name, size, labels
+
+
+def _majority_line(overrides: dict) -> str:
+    """The test split's majority-class rate: an ACC at it can mean the minority classes are never predicted."""
     try:
-        _, labels = load_medmnist3d(name, "test", size, overrides.get("dataset_dir", default_dataset_dir("medmnist")),
-                                    download=False)  # fmt: skip
+        name, _, labels = _test_labels(overrides)
     except Exception as e:  # the table is still worth writing without it
         return f"Majority-class rate of the test split: not computed ({e})."
     counts = np.bincount(np.asarray(labels).reshape(-1))

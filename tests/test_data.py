@@ -17,8 +17,12 @@ import torch
 
 from lmttm_monai.data import (
     MEDMNIST_3D_NAMES,
+    MEDMNIST_EPOCHS,
     MedMNIST3DDataset,
+    class_weights,
     load_medmnist3d,
+    medmnist3d_datalist,
+    medmnist_epochs,
     medmnist_info,
     medmnist_npz_path,
     volume_datalist,
@@ -63,6 +67,25 @@ def test_class_count_and_task_come_from_medmnist_info(name, classes, task):
     info = medmnist_info(name)
     assert info["num_classes"] == classes and len(info["label_names"]) == classes and info["task"] == task
     assert name in MEDMNIST_3D_NAMES
+
+
+def test_class_weights_balance_adrenal_training_split_and_refuse_an_absent_class(medmnist_dir):
+    data = medmnist3d_datalist(medmnist_dir, "adrenalmnist3d", "train")
+    counts = np.bincount([int(item["label"]) for item in data])
+    weights = class_weights(data, 2)
+    # each class carries the same total weight, N / K
+    torch.testing.assert_close(weights * torch.as_tensor(counts, dtype=torch.float32), torch.full((2,), 1188 / 2))
+    assert weights[1] > 3 * weights[0]  # hyperplasia is the minority class
+    assert torch.equal(class_weights([{"label": 0}, {"label": 1}], 2), torch.ones(2))
+    with pytest.raises(ValueError, match="class\\(es\\) 2 have no training item"):
+        class_weights([{"label": 0}, {"label": 1}], 3)
+
+
+def test_default_epochs_are_the_authors_per_dataset_counts():
+    assert set(MEDMNIST_EPOCHS) == set(MEDMNIST_3D_NAMES)
+    assert medmnist_epochs("AdrenalMNIST3D") == 50 and medmnist_epochs("nodulemnist3d") == 350
+    with pytest.raises(ValueError, match="unknown MedMNIST 3D dataset"):
+        medmnist_epochs("pathmnist")
 
 
 def test_unknown_dataset_name_is_rejected_with_the_valid_names():

@@ -209,3 +209,68 @@ def test_invalid_arguments_raise_a_clear_value_error(kwargs, message):
 def test_wrong_input_shape_raises_a_clear_value_error(shape, message):
     with pytest.raises(ValueError, match=message):
         small()(torch.rand(*shape))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"memory_units": 1}, {"memory_units": 2}, {"memory_units": 8, "memory_tokens": 64},
+     {"token_learner": "scenic", "position_embedding": False, "memory_init": "zeros"}],  # fmt: skip
+)
+def test_cached_read_gives_the_plain_reads_logits_weights_and_gradients(options):
+    net = small("lmttm", dropout=0.2, **options)
+    assert net.cache_reads  # the default
+    x = torch.rand(3, 1, 28, 28, 28)
+    results = {}
+    for cached in (True, False):
+        net.cache_reads = cached
+        net.eval()
+        with torch.no_grad():
+            logits, reads, writes = net.forward_with_weights(x)
+        net.train()
+        net.zero_grad()
+        torch.manual_seed(7)  # the same dropout masks: both paths draw them in the same order and shapes
+        net(x).square().sum().backward()
+        grads = [p.grad.clone() for p in net.parameters() if p.grad is not None]
+        results[cached] = (logits, reads, writes, grads)
+    (logits, reads, writes, grads), (plain_logits, plain_reads, plain_writes, plain_grads) = results.values()
+    assert torch.equal(logits, plain_logits) and torch.equal(reads, plain_reads) and torch.equal(writes, plain_writes)
+    assert len(grads) == len(plain_grads)
+    for g, plain in zip(grads, plain_grads):
+        torch.testing.assert_close(g, plain, rtol=1e-5, atol=1e-6)  # the sums run in another order
+    net.cache_reads = True
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(torch.jit.script(net)(x), net(x))
+
+
+def test_cached_read_scores_fewer_tokens_than_three_plain_reads():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = LMTTM(3, 1, 2, 28, dim=128, memory_tokens=128).eval()
+    flops = {}
+    for cached in (True, False):
+        net.cache_reads = cached
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net(torch.rand(4, 1, 28, 28, 28))
+        flops[cached] = counter.get_total_flops()
+    # reads score 32 + 81 tokens a step instead of 3 x (32 + 81); the writes and the MDU are unchanged
+    assert flops[True] < 0.75 * flops[False]
+
+
+def test_authors_mdu_is_one_post_norm_relu_layer_applied_three_times_with_shared_weights():
+    net = small("lmttm", num_layers=1, layer_repeats=3, post_norm=True)
+    process = net.process
+    assert len(process.blocks) == 1 and process.layer_repeats == 3
+    layer = process.blocks[0]
+    assert not layer.norm_first and layer.activation_relu_or_gelu == 1  # torch's code for ReLU
+    assert isinstance(process.norm, torch.nn.Identity)  # no LayerNorm after the stack
+    one = small("lmttm", num_layers=1, post_norm=True)
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in one.parameters())
+    process.eval()
+    tokens = torch.rand(2, 12, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(process(tokens), layer(layer(layer(tokens))))
+    with pytest.raises(ValueError, match="post_norm applies to the transformer"):
+        small("lmttm", process_unit="mlp", post_norm=True)
+    with pytest.raises(ValueError, match="layer_repeats must be a positive integer"):
+        small("lmttm", layer_repeats=0)

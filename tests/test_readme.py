@@ -36,6 +36,7 @@ NOT_RUN = {
     " download ": "downloads need GitHub or Hugging Face; tests/test_release.py downloads from a local HTTP server",
     "downloaded/": "runs a downloaded bundle, see the line above",
     "benchmarks/": "a benchmark, measured and reported in the model card, not a functional check",
+    "lmttm_monai.bench": "a benchmark of minutes that needs the authors' code: tests/test_bench.py runs it small",
     "label-install.sh": "builds MONAI Label's own environment: .ci/run runs it before the tests",
     "start_server": "a server that runs until stopped: tests/test_monailabel.py starts it and talks to it",
     "label serve": "the same server, started by lmttm-monai (tests/test_cli.py checks the command it runs)",

@@ -14,6 +14,8 @@ index modulo ``k``, so it starts at unit 0 for every volume.
 
 from __future__ import annotations
 
+from typing import List
+
 import torch
 import torch.nn as nn
 
@@ -134,6 +136,19 @@ class TokenMemory(_ExternalMemory):
         """Return the new memory ``[B, m, C]`` and the write weights ``[B, m, m + n + r]``."""
         return self.writer(torch.cat([memory, inputs, outputs], dim=1) + self.write_embedding)
 
+    # The whole memory is rewritten every step, so a read shares nothing with the next: the cached read is the
+    # plain one (the methods exist so that one step loop, TorchScript-compiled, serves both memories).
+    def read_cache(self, memory: torch.Tensor, batch_size: int) -> List[torch.Tensor]:
+        return []
+
+    def read_cached(
+        self, memory: torch.Tensor, inputs: torch.Tensor, step: int, cache: List[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.read(memory, inputs, step)
+
+    def update_read_cache(self, cache: List[torch.Tensor], memory: torch.Tensor, step: int) -> List[torch.Tensor]:
+        return cache
+
 
 class LinkedMemory(_ExternalMemory):
     """LMTTM linked memory: ``memory_units`` units of ``memory_tokens // memory_units`` tokens on a ring.
@@ -223,3 +238,42 @@ class LinkedMemory(_ExternalMemory):
         # rebuild instead of writing in place, so autograd keeps the old units for earlier steps
         memory = torch.cat([memory[:, :following], unit.unsqueeze(1), memory[:, following + 1 :]], dim=1)
         return memory, weights
+
+    # The cached read. Every term of a token learner before its softmax (LayerNorm, scoring MLP, feature
+    # projection) is per token, and a unit sits at the same positions of the read sequence whichever of the three
+    # neighbours it is, so a unit's terms stay valid until the unit is rewritten, and the step's input terms serve
+    # all three reads. A step then scores m/k + n tokens instead of 3 (m/k + n): the outputs are the plain read's.
+    def read_cache(self, memory: torch.Tensor, batch_size: int) -> List[torch.Tensor]:
+        """Read terms of every unit of ``memory`` ``[B or 1, k, m/k, C]``, for a batch of ``batch_size``:
+        the scores of units ``0..k-1``, then their features. A memory of batch 1 (the initial memory, the same
+        for every volume) is scored once and expanded."""
+        scores, features = self.reader.token_terms(memory + self.read_embedding[:, : self.unit_tokens].unsqueeze(1))
+        size = [batch_size, -1, -1]
+        cache = [scores[:, i].expand(size) for i in range(self.memory_units)]
+        cache += [features[:, i].expand(size) for i in range(self.memory_units)]
+        return cache
+
+    def read_cached(
+        self, memory: torch.Tensor, inputs: torch.Tensor, step: int, cache: List[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`read` from the cached unit terms of :meth:`read_cache` (``memory`` is not used)."""
+        batch = inputs.shape[0]
+        k = self.memory_units
+        input_scores, input_features = self.reader.token_terms(inputs + self.read_embedding[:, self.unit_tokens :])
+        scores: List[torch.Tensor] = []
+        features: List[torch.Tensor] = []
+        for unit in self.neighbours(step):
+            scores.append(torch.cat([cache[unit], input_scores], dim=1))
+            features.append(torch.cat([cache[k + unit], input_features], dim=1))
+        # the same [3 B, ...] batch, in the same order, as the plain read: dropout draws the same mask
+        tokens, weights = self.reader.pool(torch.stack(scores, 1).flatten(0, 1), torch.stack(features, 1).flatten(0, 1))
+        return tokens.reshape(batch, -1, tokens.shape[-1]), weights.reshape(batch, 3, weights.shape[1], -1)
+
+    def update_read_cache(self, cache: List[torch.Tensor], memory: torch.Tensor, step: int) -> List[torch.Tensor]:
+        """After :meth:`write` of ``step``: score the rewritten unit ``j + 1`` of ``memory``; the others keep theirs."""
+        unit = self.neighbours(step)[2]
+        scores, features = self.reader.token_terms(memory[:, unit] + self.read_embedding[:, : self.unit_tokens])
+        cache = list(cache)
+        cache[unit] = scores
+        cache[self.memory_units + unit] = features
+        return cache

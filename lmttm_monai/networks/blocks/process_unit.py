@@ -5,7 +5,9 @@ ablations of TTM (Ryoo et al., CVPR 2023) and LMTTM (Wei et al., CMPB 2025):
 
 - ``"transformer"`` (default): pre-norm transformer encoder layers (:class:`torch.nn.TransformerEncoderLayer`,
   GELU) with ``batch_first=True``, so samples never attend to each other (the authors' layers were not batch
-  first, so attention ran across the batch);
+  first, so attention ran across the batch). With ``post_norm`` the layers are the LMTTM authors': post-norm,
+  ReLU, no LayerNorm after the stack (torch's ``TransformerEncoderLayer`` defaults), and with ``layer_repeats=3``
+  one layer applied three times with shared weights, as their MDU does;
 - ``"mixer"``: MLP-Mixer blocks (Tolstikhin et al., NeurIPS 2021), token mixing then channel mixing;
 - ``"mlp"``: a per-token residual MLP, no interaction between tokens.
 """
@@ -47,7 +49,8 @@ class _ResidualMLP(nn.Module):
 
 
 class ProcessUnit(nn.Module):
-    """A stack of ``num_layers`` token-processing blocks of one ``kind``, then a LayerNorm.
+    """A stack of ``num_layers`` token-processing blocks of one ``kind``, applied ``layer_repeats`` times with
+    shared weights, then a LayerNorm (not with ``post_norm``).
 
     Args:
         kind: ``"transformer"``, ``"mixer"`` or ``"mlp"``.
@@ -57,6 +60,10 @@ class ProcessUnit(nn.Module):
         num_heads: attention heads (transformer); must divide ``dim``.
         mlp_ratio: hidden width of the MLPs as a multiple of ``dim``.
         dropout: dropout rate in the blocks.
+        layer_repeats: how many times the stack is applied, with the same weights each time (the LMTTM authors'
+            MDU: one layer, 3 times).
+        post_norm: transformer only: post-norm ReLU layers and no final LayerNorm, as the LMTTM authors' MDU
+            (``False``: pre-norm GELU layers and a final LayerNorm, as ViT and scenic's TTM).
 
     Shapes: ``[B, num_tokens, C] -> [B, num_tokens, C]``.
     """
@@ -70,6 +77,8 @@ class ProcessUnit(nn.Module):
         num_heads: int = 8,
         mlp_ratio: float = 3.0,
         dropout: float = 0.0,
+        layer_repeats: int = 1,
+        post_norm: bool = False,
     ) -> None:
         super().__init__()
         if kind not in PROCESS_UNITS:
@@ -78,6 +87,10 @@ class ProcessUnit(nn.Module):
             raise ValueError(f"num_layers must be a positive integer, got {num_layers}.")
         if kind == "transformer" and (num_heads < 1 or dim % num_heads != 0):
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}).")
+        if layer_repeats < 1:
+            raise ValueError(f"layer_repeats must be a positive integer, got {layer_repeats}.")
+        if post_norm and kind != "transformer":
+            raise ValueError(f"post_norm applies to the transformer process unit only, got {kind!r}.")
         if dim < 1 or num_tokens < 1:
             raise ValueError(f"dim and num_tokens must be positive, got {dim} and {num_tokens}.")
         if not mlp_ratio > 0:
@@ -91,7 +104,13 @@ class ProcessUnit(nn.Module):
             if kind == "transformer":
                 blocks.append(
                     nn.TransformerEncoderLayer(
-                        dim, num_heads, mlp_dim, dropout, activation="gelu", batch_first=True, norm_first=True
+                        dim,
+                        num_heads,
+                        mlp_dim,
+                        dropout,
+                        activation="relu" if post_norm else "gelu",
+                        batch_first=True,
+                        norm_first=not post_norm,
                     )
                 )
             elif kind == "mixer":
@@ -99,7 +118,8 @@ class ProcessUnit(nn.Module):
             else:
                 blocks.append(_ResidualMLP(dim, mlp_dim, dropout))
         self.blocks = nn.Sequential(*blocks)
-        self.norm = nn.LayerNorm(dim)
+        self.layer_repeats = layer_repeats
+        self.norm = nn.Identity() if post_norm else nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or x.shape[2] != self.dim or (self.num_tokens > 0 and x.shape[1] != self.num_tokens):
@@ -107,4 +127,6 @@ class ProcessUnit(nn.Module):
             raise ValueError(
                 "ProcessUnit expects tokens of shape [B, {}, {}], got {}.".format(tokens, self.dim, list(x.shape))
             )
-        return self.norm(self.blocks(x))
+        for _ in range(self.layer_repeats):
+            x = self.blocks(x)
+        return self.norm(x)

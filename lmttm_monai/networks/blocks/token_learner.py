@@ -60,6 +60,20 @@ class TokenLearner(nn.Module):
             raise ValueError(
                 "TokenLearner expects tokens of shape [B, N, {}] with N >= 1, got {}.".format(self.dim, list(x.shape))
             )
-        weights = self.score(x).transpose(1, 2).softmax(dim=-1)  # [B, S, N]: softmax over the input tokens
-        tokens = self.dropout(torch.bmm(weights, self.features(x)))
+        return self.pool(*self.token_terms(x))
+
+    def token_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-token part: scores ``[..., N, S]`` and features ``[..., N, C]`` of tokens ``[..., N, C]``.
+
+        Each token's terms depend on that token alone, so terms computed for parts of a sequence and
+        concatenated along ``N`` equal the terms of the whole sequence: a memory can compute them once for a
+        part that several reads share (see :meth:`LinkedMemory.read_cached`).
+        """
+        return self.score(x), self.features(x)
+
+    def pool(self, scores: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sequence part: softmax of ``scores`` ``[B, N, S]`` over the ``N`` tokens, then the weighted sum of
+        ``features`` ``[B, N, C]``; returns ``(tokens [B, S, C], weights [B, S, N])``."""
+        weights = scores.transpose(1, 2).softmax(dim=-1)  # [B, S, N]: softmax over the input tokens
+        tokens = self.dropout(torch.bmm(weights, features))
         return tokens, weights

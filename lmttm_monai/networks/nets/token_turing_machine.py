@@ -57,6 +57,12 @@ class TokenTuringMachine(nn.Module):
             feature projection) or ``"scenic"`` (TokenLearnerV11 as scenic's TTM uses it: a 64-wide bottleneck MLP,
             the weights applied to the raw tokens).
         position_embedding: learned positional embeddings on the read and write sequences (scenic's TTM: none).
+        layer_repeats: the process unit's layers are applied this many times with shared weights (the LMTTM
+            authors' MDU: ``num_layers=1, layer_repeats=3``).
+        post_norm: the LMTTM authors' transformer layers: post-norm, ReLU, no final LayerNorm.
+        cache_reads: compute each memory unit's read token-learner terms once until the unit is rewritten, and
+            each step's input terms once for the three reads (LMTTM; the outputs equal the plain read's, see
+            :meth:`LinkedMemory.read_cached`). ``False`` runs the plain read.
 
     Shapes:
         ``forward(x)``: ``x`` ``[B, in_channels, *img_size]`` -> logits ``[B, out_channels]``.
@@ -84,6 +90,9 @@ class TokenTuringMachine(nn.Module):
         memory_init: str = "learned",
         token_learner: str = "lmttm",
         position_embedding: bool = True,
+        layer_repeats: int = 1,
+        post_norm: bool = False,
+        cache_reads: bool = True,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -131,8 +140,10 @@ class TokenTuringMachine(nn.Module):
                 dim, memory_tokens, memory_units, input_tokens, read_tokens, dropout, memory_init, **options
             )
         self.process = ProcessUnit(
-            process_unit, dim, self.memory.num_read_tokens, num_layers, num_heads, mlp_ratio, dropout
+            process_unit, dim, self.memory.num_read_tokens, num_layers, num_heads, mlp_ratio, dropout, layer_repeats,
+            post_norm,
         )
+        self.cache_reads = cache_reads
         self.head = nn.Linear(dim, out_channels)
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -157,14 +168,23 @@ class TokenTuringMachine(nn.Module):
         # [B, C, T, ...] -> [B, T, n, C]: the first spatial axis is time, the rest are the tokens of a step
         steps = self.tokenizer(x).flatten(3).permute(0, 2, 3, 1)
         memory = self.memory.initial_memory(x.shape[0])
+        num_steps = steps.shape[1]
+        cache: list[torch.Tensor] = []
+        if self.cache_reads:
+            cache = self.memory.read_cache(self.memory.initial_memory(1), x.shape[0])
         outputs: list[torch.Tensor] = []
         read_weights: list[torch.Tensor] = []
         write_weights: list[torch.Tensor] = []
-        for t in range(steps.shape[1]):
+        for t in range(num_steps):
             inputs = steps[:, t]
-            read, r_weights = self.memory.read(memory, inputs, t)
+            if self.cache_reads:
+                read, r_weights = self.memory.read_cached(memory, inputs, t, cache)
+            else:
+                read, r_weights = self.memory.read(memory, inputs, t)
             processed = self.process(read)
             memory, w_weights = self.memory.write(memory, inputs, processed, t)
+            if self.cache_reads and t + 1 < num_steps:
+                cache = self.memory.update_read_cache(cache, memory, t)
             outputs.append(processed)
             read_weights.append(r_weights)
             write_weights.append(w_weights)
@@ -214,13 +234,16 @@ class LMTTM(TokenTuringMachine):
         memory_init: str = "learned",
         token_learner: str = "lmttm",
         position_embedding: bool = True,
+        layer_repeats: int = 1,
+        post_norm: bool = False,
+        cache_reads: bool = True,
     ) -> None:
         if memory_units is None or memory_units < 1:
             raise ValueError(f"memory_units must be a positive integer for LMTTM, got {memory_units}.")
         super().__init__(
             spatial_dims, in_channels, out_channels, img_size, patch_size, dim, memory_tokens, memory_units,
             read_tokens, num_layers, num_heads, mlp_ratio, dropout, process_unit, memory_init, token_learner,
-            position_embedding,
+            position_embedding, layer_repeats, post_norm, cache_reads,
         )
 
 
@@ -252,8 +275,11 @@ class TTM(TokenTuringMachine):
         memory_init: str = "learned",
         token_learner: str = "lmttm",
         position_embedding: bool = True,
+        layer_repeats: int = 1,
+        post_norm: bool = False,
     ) -> None:
         super().__init__(
             spatial_dims, in_channels, out_channels, img_size, patch_size, dim, memory_tokens, None, read_tokens,
             num_layers, num_heads, mlp_ratio, dropout, process_unit, memory_init, token_learner, position_embedding,
+            layer_repeats, post_norm, False,
         )

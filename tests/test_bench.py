@@ -1,0 +1,47 @@
+"""``python -m lmttm_monai.bench``: the report it writes and the mistakes it refuses (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lmttm_monai import bench
+
+
+def test_bench_writes_a_report_with_throughput_flops_memory_ratios_and_the_data_wait(tmp_path, medmnist_dir, monkeypatch):
+    monkeypatch.setenv("MONAI_DATA_DIRECTORY", str(medmnist_dir.parent))
+    out = tmp_path / "benchmarks.md"
+    path = bench.run(out=str(out), rounds=2, only="lmttm,ttm", data="lmttm", data_iterations=2, batch=4)
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert path == str(out) and set(report["cases"]) == {"lmttm", "ttm"}
+    for case in report["cases"].values():
+        assert len(case["step_s"]) == 2 and all(t > 0 for t in case["step_s"])
+        assert case["train_samples_per_s"] > 0 and case["infer_ms"] > 0 and case["memory_mib"] > 0
+        # a 28^3 LMTTM/TTM step at the bundle's width is about 1 GFLOP per sample (counted, not timed)
+        assert 0.2 < case["step_gflop_per_sample"] < 5
+        assert case["achieved_gflops"] == pytest.approx(case["step_gflop_per_sample"] * case["train_samples_per_s"])
+    assert len(report["ratios"]["lmttm / ttm"]["rounds"]) == 2
+    assert report["matmul_peak_gflops"]["median"] > 0 and report["machine"]["torch"]
+    wait = report["data_wait"][0]
+    assert wait["bundle"] == "lmttm" and wait["iterations"] >= 1 and 0 <= wait["fraction"] < 1
+    text = out.read_text()
+    assert "| LMTTM (lmttm bundle) | 4 | 1x28x28x28 |" in text and "lmttm / ttm" in text and "waiting for data" in text
+
+
+def test_bench_refuses_an_existing_report_unknown_cases_and_the_authors_case_without_their_code(tmp_path):
+    existing = tmp_path / "benchmarks.md"
+    existing.write_text("earlier\n")
+    result = subprocess.run([sys.executable, "-m", "lmttm_monai.bench", "--out", str(existing), "--only", "lmttm"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 1 and existing.read_text() == "earlier\n"
+    assert result.stderr.strip().splitlines()[-1].endswith("exists; pass --overwrite to replace it or --out to write elsewhere")
+    with pytest.raises(bench.BenchError, match="authors_lmttm needs --authors PATH"):
+        bench.run(out=str(tmp_path / "b.md"), only="authors_lmttm")
+    with pytest.raises(bench.BenchError, match="unknown case\\(s\\) vit"):
+        bench.run(out=str(tmp_path / "b.md"), only="vit")
+    with pytest.raises(bench.BenchError, match="has no model/LMTTM.py"):
+        bench.run(out=str(tmp_path / "b.md"), only="authors_lmttm", authors=str(tmp_path))
+    assert not (tmp_path / "b.md").exists()
