@@ -64,7 +64,7 @@ COMPARISONS = {
     "lmttm": Comparison(
         "lmttm",
         (Arm("LMTTM"), Arm("TTM", ("ttm.json",)), Arm("TTM scenic", ("ttm_scenic.json",)),
-         Arm("3D ResNet-18", ("resnet18.json",))),  # fmt: skip
+         Arm("3D ResNet-18", ("resnet18.json",)), Arm("LMTTM paper", ("lmttm_paper.json",))),  # fmt: skip
         ("test_acc", "test_auc"),
         "val_auc",
         data_folder="medmnist",
