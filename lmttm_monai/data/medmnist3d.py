@@ -104,7 +104,7 @@ def medmnist_epochs(name: str) -> int:
 def class_weights(data: Sequence[Mapping[str, Any]], num_classes: int) -> torch.Tensor:
     """Inverse-frequency class weights ``N / (K n_k)`` from the ``"label"`` of each item of a data list, for
     :class:`torch.nn.CrossEntropyLoss`: balanced classes give weights of 1, and a minority class still moves the
-    loss (trained unweighted on an imbalanced MedMNIST split, LMTTM predicted the majority class only).
+    loss (reported: trained unweighted on an imbalanced MedMNIST split, LMTTM predicted the majority class only).
 
     Raises:
         ValueError: an empty list, a label out of ``[0, num_classes)``, or a class with no training item.
