@@ -211,28 +211,29 @@ def test_wrong_input_shape_raises_a_clear_value_error(shape, message):
         small()(torch.rand(*shape))
 
 
-@pytest.mark.parametrize(
-    "options",
-    [{}, {"memory_units": 1}, {"memory_units": 2}, {"memory_units": 8, "memory_tokens": 64},
-     {"token_learner": "scenic", "position_embedding": False, "memory_init": "zeros"}],  # fmt: skip
-)
+CACHE_OPTIONS = [{}, {"memory_units": 1}, {"memory_units": 2}, {"memory_units": 8, "memory_tokens": 64},
+                 {"token_learner": "scenic", "position_embedding": False, "memory_init": "zeros"}]  # fmt: skip
+
+
+def _outputs_and_gradients(net, x, cache_reads, cache_writes):
+    net.cache_reads, net.cache_writes = cache_reads, cache_writes
+    net.eval()
+    with torch.no_grad():
+        logits, reads, writes = net.forward_with_weights(x)
+    net.train()
+    net.zero_grad()
+    torch.manual_seed(7)  # the same dropout masks: every path draws them in the same order and shapes
+    net(x).square().sum().backward()
+    return logits, reads, writes, [p.grad.clone() for p in net.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("options", CACHE_OPTIONS)
 def test_cached_read_gives_the_plain_reads_logits_weights_and_gradients(options):
     net = small("lmttm", dropout=0.2, **options)
     assert net.cache_reads  # the default
     x = torch.rand(3, 1, 28, 28, 28)
-    results = {}
-    for cached in (True, False):
-        net.cache_reads = cached
-        net.eval()
-        with torch.no_grad():
-            logits, reads, writes = net.forward_with_weights(x)
-        net.train()
-        net.zero_grad()
-        torch.manual_seed(7)  # the same dropout masks: both paths draw them in the same order and shapes
-        net(x).square().sum().backward()
-        grads = [p.grad.clone() for p in net.parameters() if p.grad is not None]
-        results[cached] = (logits, reads, writes, grads)
-    (logits, reads, writes, grads), (plain_logits, plain_reads, plain_writes, plain_grads) = results.values()
+    logits, reads, writes, grads = _outputs_and_gradients(net, x, True, False)
+    plain_logits, plain_reads, plain_writes, plain_grads = _outputs_and_gradients(net, x, False, False)
     assert torch.equal(logits, plain_logits) and torch.equal(reads, plain_reads) and torch.equal(writes, plain_writes)
     assert len(grads) == len(plain_grads)
     for g, plain in zip(grads, plain_grads):
@@ -243,18 +244,55 @@ def test_cached_read_gives_the_plain_reads_logits_weights_and_gradients(options)
         assert torch.equal(torch.jit.script(net)(x), net(x))
 
 
-def test_cached_read_scores_fewer_tokens_than_three_plain_reads():
+@pytest.mark.parametrize("cache_reads", [True, False])
+@pytest.mark.parametrize("options", CACHE_OPTIONS)
+def test_cached_write_gives_the_plain_writes_logits_weights_and_gradients_to_float_rounding(options, cache_reads):
+    net = small("lmttm", dropout=0.2, **options)
+    assert net.cache_writes  # the default
+    x = torch.rand(3, 1, 28, 28, 28)
+    cached = _outputs_and_gradients(net, x, cache_reads, True)
+    plain = _outputs_and_gradients(net, x, cache_reads, False)
+    # W (x + p) + b is computed as W x + (W p + b): equal up to float rounding, not bit for bit
+    for got, expected in zip(cached[:3], plain[:3]):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert len(cached[3]) == len(plain[3])
+    for got, expected in zip(cached[3], plain[3]):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    net.eval()
+    net.cache_writes = True
+    with torch.no_grad():
+        assert torch.equal(torch.jit.script(net)(x), net(x))
+
+
+def test_ttm_cached_write_is_its_plain_write():
+    net = small("ttm").eval()
+    assert not net.cache_writes and not net.cache_reads  # a TTM rewrites its whole memory: nothing to keep
+    x = torch.rand(2, 1, 28, 28, 28)
+    with torch.no_grad():
+        plain = net(x)
+        net.cache_writes = True
+        assert torch.equal(net(x), plain)
+
+
+def test_cached_read_and_write_count_fewer_flops_than_the_plain_ones():
     from torch.utils.flop_counter import FlopCounterMode
 
     net = LMTTM(3, 1, 2, 28, dim=128, memory_tokens=128).eval()
     flops = {}
-    for cached in (True, False):
-        net.cache_reads = cached
+    for cached in [(True, True), (True, False), (False, False)]:
+        net.cache_reads, net.cache_writes = cached
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             net(torch.rand(4, 1, 28, 28, 28))
         flops[cached] = counter.get_total_flops()
     # reads score 32 + 81 tokens a step instead of 3 x (32 + 81); the writes and the MDU are unchanged
-    assert flops[True] < 0.75 * flops[False]
+    assert flops[True, False] < 0.75 * flops[False, False]
+    # the plain write projects the 3 units of 32 tokens that it sees each step (of 4 volumes, 9 steps); the cached
+    # one projects the initial memory once for the batch, each new unit once (not after the last step) and its
+    # positional embeddings (3 x 32 + 81 + 24 tokens) once: the rest of the step is the same
+    batch, steps, unit, length = 4, net.num_steps, 32, 3 * 32 + 81 + 24
+    plain_tokens = batch * steps * 3 * unit
+    cached_tokens = 4 * unit + batch * (steps - 1) * unit + length
+    assert flops[True, False] - flops[True, True] == (plain_tokens - cached_tokens) * 128 * 128 * 2
 
 
 def test_authors_mdu_is_one_post_norm_relu_layer_applied_three_times_with_shared_weights():

@@ -136,18 +136,35 @@ class TokenMemory(_ExternalMemory):
         """Return the new memory ``[B, m, C]`` and the write weights ``[B, m, m + n + r]``."""
         return self.writer(torch.cat([memory, inputs, outputs], dim=1) + self.write_embedding)
 
-    # The whole memory is rewritten every step, so a read shares nothing with the next: the cached read is the
-    # plain one (the methods exist so that one step loop, TorchScript-compiled, serves both memories).
+    # The whole memory is rewritten every step, so a read or write shares nothing with the next: the cached read
+    # and write are the plain ones, the memory itself being the one unit in the cache (the methods exist so that
+    # one step loop, TorchScript-compiled, serves both memories).
     def read_cache(self, memory: torch.Tensor, batch_size: int) -> List[torch.Tensor]:
         return []
 
-    def read_cached(
-        self, memory: torch.Tensor, inputs: torch.Tensor, step: int, cache: List[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.read(memory, inputs, step)
+    def read_cached(self, inputs: torch.Tensor, step: int, cache: List[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise RuntimeError("TokenMemory has no cached read: the whole memory is rewritten every step.")
 
-    def update_read_cache(self, cache: List[torch.Tensor], memory: torch.Tensor, step: int) -> List[torch.Tensor]:
+    def update_read_cache(self, cache: List[torch.Tensor], unit: torch.Tensor, step: int) -> List[torch.Tensor]:
         return cache
+
+    def written_unit(self, memory: torch.Tensor, step: int) -> torch.Tensor:
+        """The part of ``memory`` that the write of ``step`` replaced: all of it."""
+        return memory
+
+    def write_cache(self, memory: torch.Tensor, batch_size: int) -> List[torch.Tensor]:
+        return [memory.expand([batch_size] + list(memory.shape[1:]))]
+
+    def write_cached(
+        self, inputs: torch.Tensor, outputs: torch.Tensor, step: int, cache: List[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.write(cache[0], inputs, outputs, step)
+
+    def update_write_cache(self, cache: List[torch.Tensor], unit: torch.Tensor, step: int) -> List[torch.Tensor]:
+        return [unit]
+
+    def memory_from_cache(self, cache: List[torch.Tensor]) -> torch.Tensor:
+        return cache[0]
 
 
 class LinkedMemory(_ExternalMemory):
@@ -235,9 +252,16 @@ class LinkedMemory(_ExternalMemory):
         previous, current, following = self.neighbours(step)
         sequence = torch.cat([memory[:, current], memory[:, previous], memory[:, following], inputs, outputs], dim=1)
         unit, weights = self.writer(sequence + self.write_embedding)
+        return self._rewrite(memory, following, unit), weights
+
+    @staticmethod
+    def _rewrite(memory: torch.Tensor, index: int, unit: torch.Tensor) -> torch.Tensor:
         # rebuild instead of writing in place, so autograd keeps the old units for earlier steps
-        memory = torch.cat([memory[:, :following], unit.unsqueeze(1), memory[:, following + 1 :]], dim=1)
-        return memory, weights
+        return torch.cat([memory[:, :index], unit.unsqueeze(1), memory[:, index + 1 :]], dim=1)
+
+    def written_unit(self, memory: torch.Tensor, step: int) -> torch.Tensor:
+        """Unit ``j + 1`` of ``memory`` ``[B, k, m/k, C]``, the one the write of ``step`` replaced."""
+        return memory[:, self.neighbours(step)[2]]
 
     # The cached read. Every term of a token learner before its softmax (LayerNorm, scoring MLP, feature
     # projection) is per token, and a unit sits at the same positions of the read sequence whichever of the three
@@ -253,10 +277,8 @@ class LinkedMemory(_ExternalMemory):
         cache += [features[:, i].expand(size) for i in range(self.memory_units)]
         return cache
 
-    def read_cached(
-        self, memory: torch.Tensor, inputs: torch.Tensor, step: int, cache: List[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`read` from the cached unit terms of :meth:`read_cache` (``memory`` is not used)."""
+    def read_cached(self, inputs: torch.Tensor, step: int, cache: List[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`read` from the cached unit terms of :meth:`read_cache`."""
         batch = inputs.shape[0]
         k = self.memory_units
         input_scores, input_features = self.reader.token_terms(inputs + self.read_embedding[:, self.unit_tokens :])
@@ -269,11 +291,56 @@ class LinkedMemory(_ExternalMemory):
         tokens, weights = self.reader.pool(torch.stack(scores, 1).flatten(0, 1), torch.stack(features, 1).flatten(0, 1))
         return tokens.reshape(batch, -1, tokens.shape[-1]), weights.reshape(batch, 3, weights.shape[1], -1)
 
-    def update_read_cache(self, cache: List[torch.Tensor], memory: torch.Tensor, step: int) -> List[torch.Tensor]:
-        """After :meth:`write` of ``step``: score the rewritten unit ``j + 1`` of ``memory``; the others keep theirs."""
-        unit = self.neighbours(step)[2]
-        scores, features = self.reader.token_terms(memory[:, unit] + self.read_embedding[:, : self.unit_tokens])
+    def update_read_cache(self, cache: List[torch.Tensor], unit: torch.Tensor, step: int) -> List[torch.Tensor]:
+        """After the write of ``step``: the read terms of the new unit ``j + 1`` ``[B, m/k, C]``; the others keep
+        theirs."""
+        index = self.neighbours(step)[2]
+        scores, features = self.reader.token_terms(unit + self.read_embedding[:, : self.unit_tokens])
         cache = list(cache)
-        cache[unit] = scores
-        cache[self.memory_units + unit] = features
+        cache[index] = scores
+        cache[self.memory_units + index] = features
         return cache
+
+    # The cached write. A unit is written once and then seen by up to three writes, each time at another place in
+    # the write sequence and so with another positional embedding p: its LayerNorm and scores change, but the
+    # feature projection's linear part does not, GELU(W (x + p) + b) = GELU(W x + (W p + b)). A unit's W x is
+    # kept until the unit is rewritten, W p + b is computed once per forward, and a step projects m/k + n + 3 r
+    # tokens (the new unit, I_t and O_t) instead of 3 m/k + n + 3 r. The cache also holds the units themselves,
+    # so the step loop never indexes or rebuilds a [B, k, m/k, C] memory (whose backward would fill and add
+    # whole-memory gradients at every step). The outputs equal the plain write's to float rounding.
+    def write_cache(self, memory: torch.Tensor, batch_size: int) -> List[torch.Tensor]:
+        """The write's cache for ``memory`` ``[B or 1, k, m/k, C]`` and a batch of ``batch_size``: units
+        ``0..k-1``, their feature projections ``W x``, then ``W p + b`` of the write's positional embeddings."""
+        size = [batch_size, -1, -1]
+        linear = self.writer.features.linear(memory)
+        cache = [memory[:, i].expand(size) for i in range(self.memory_units)]
+        cache += [linear[:, i].expand(size) for i in range(self.memory_units)]
+        cache.append(self.writer.features.position(self.write_embedding))
+        return cache
+
+    def write_cached(
+        self, inputs: torch.Tensor, outputs: torch.Tensor, step: int, cache: List[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`write` from the units and projections of :meth:`write_cache`; returns the new unit ``j + 1``
+        ``[B, m/k, C]`` (put it in the cache with :meth:`update_write_cache`) and the write weights."""
+        k = self.memory_units
+        previous, current, following = self.neighbours(step)
+        sequence = torch.cat([cache[current], cache[previous], cache[following], inputs, outputs], dim=1)
+        linear = torch.cat(
+            [cache[k + current], cache[k + previous], cache[k + following],
+             self.writer.features.linear(torch.cat([inputs, outputs], dim=1))], dim=1,
+        )  # fmt: skip
+        scores = self.writer.score(sequence + self.write_embedding)
+        return self.writer.pool(scores, self.writer.features.from_linear(linear + cache[2 * k]))
+
+    def update_write_cache(self, cache: List[torch.Tensor], unit: torch.Tensor, step: int) -> List[torch.Tensor]:
+        """After :meth:`write_cached` of ``step``: the new unit ``j + 1`` and its ``W x``; the others keep theirs."""
+        index = self.neighbours(step)[2]
+        cache = list(cache)
+        cache[index] = unit
+        cache[self.memory_units + index] = self.writer.features.linear(unit)
+        return cache
+
+    def memory_from_cache(self, cache: List[torch.Tensor]) -> torch.Tensor:
+        """The memory ``[B, k, m/k, C]`` that a write cache holds."""
+        return torch.stack(cache[: self.memory_units], dim=1)

@@ -8,8 +8,45 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 __all__ = ["TokenLearner"]
+
+
+class _FeatureProjection(nn.Sequential):
+    """``GELU(Linear(C, C))``, the LMTTM authors' feature projection, with its part that is linear in the tokens.
+
+    ``GELU(W (x + p) + b) = GELU(W x + (W p + b))``: a memory can keep ``W x`` of a unit that several writes see at
+    different positions ``p`` (see :meth:`LinkedMemory.write_cached`).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(nn.Linear(dim, dim), nn.GELU())
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """``W x``, without the bias."""
+        return F.linear(x, self[0].weight)
+
+    def position(self, embedding: torch.Tensor) -> torch.Tensor:
+        """``W p + b`` of positional embeddings ``p``."""
+        return self[0](embedding)
+
+    def from_linear(self, linear: torch.Tensor) -> torch.Tensor:
+        """The features of ``x + p`` from :meth:`linear` of ``x`` plus :meth:`position` of ``p``."""
+        return self[1](linear)
+
+
+class _RawFeatures(nn.Identity):
+    """No feature projection (scenic's TokenLearnerV11), with the methods of :class:`_FeatureProjection`."""
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def position(self, embedding: torch.Tensor) -> torch.Tensor:
+        return embedding
+
+    def from_linear(self, linear: torch.Tensor) -> torch.Tensor:
+        return linear
 
 
 class TokenLearner(nn.Module):
@@ -52,7 +89,7 @@ class TokenLearner(nn.Module):
         self.score = nn.Sequential(
             nn.LayerNorm(dim), nn.Linear(dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, num_output_tokens)
         )
-        self.features = nn.Sequential(nn.Linear(dim, dim), nn.GELU()) if feature_projection else nn.Identity()
+        self.features = _FeatureProjection(dim) if feature_projection else _RawFeatures()
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,6 +63,9 @@ class TokenTuringMachine(nn.Module):
         cache_reads: compute each memory unit's read token-learner terms once until the unit is rewritten, and
             each step's input terms once for the three reads (LMTTM; the outputs equal the plain read's, see
             :meth:`LinkedMemory.read_cached`). ``False`` runs the plain read.
+        cache_writes: keep each memory unit, and its write feature projection ``W x``, apart until the unit is
+            rewritten (LMTTM; the outputs equal the plain write's to float rounding, see
+            :meth:`LinkedMemory.write_cached`). ``False`` runs the plain write on the whole memory tensor.
 
     Shapes:
         ``forward(x)``: ``x`` ``[B, in_channels, *img_size]`` -> logits ``[B, out_channels]``.
@@ -93,6 +96,7 @@ class TokenTuringMachine(nn.Module):
         layer_repeats: int = 1,
         post_norm: bool = False,
         cache_reads: bool = True,
+        cache_writes: bool = True,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -144,6 +148,7 @@ class TokenTuringMachine(nn.Module):
             post_norm,
         )
         self.cache_reads = cache_reads
+        self.cache_writes = cache_writes
         self.head = nn.Linear(dim, out_channels)
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -169,22 +174,33 @@ class TokenTuringMachine(nn.Module):
         steps = self.tokenizer(x).flatten(3).permute(0, 2, 3, 1)
         memory = self.memory.initial_memory(x.shape[0])
         num_steps = steps.shape[1]
-        cache: list[torch.Tensor] = []
+        read_cache: list[torch.Tensor] = []
         if self.cache_reads:
-            cache = self.memory.read_cache(self.memory.initial_memory(1), x.shape[0])
+            read_cache = self.memory.read_cache(self.memory.initial_memory(1), x.shape[0])
+        write_cache: list[torch.Tensor] = []
+        if self.cache_writes:
+            write_cache = self.memory.write_cache(self.memory.initial_memory(1), x.shape[0])
         outputs: list[torch.Tensor] = []
         read_weights: list[torch.Tensor] = []
         write_weights: list[torch.Tensor] = []
         for t in range(num_steps):
             inputs = steps[:, t]
             if self.cache_reads:
-                read, r_weights = self.memory.read_cached(memory, inputs, t, cache)
+                read, r_weights = self.memory.read_cached(inputs, t, read_cache)
             else:
                 read, r_weights = self.memory.read(memory, inputs, t)
             processed = self.process(read)
-            memory, w_weights = self.memory.write(memory, inputs, processed, t)
+            if self.cache_writes:
+                unit, w_weights = self.memory.write_cached(inputs, processed, t, write_cache)
+                if t + 1 < num_steps:
+                    write_cache = self.memory.update_write_cache(write_cache, unit, t)
+                    if not self.cache_reads:
+                        memory = self.memory.memory_from_cache(write_cache)
+            else:
+                memory, w_weights = self.memory.write(memory, inputs, processed, t)
+                unit = self.memory.written_unit(memory, t)
             if self.cache_reads and t + 1 < num_steps:
-                cache = self.memory.update_read_cache(cache, memory, t)
+                read_cache = self.memory.update_read_cache(read_cache, unit, t)
             outputs.append(processed)
             read_weights.append(r_weights)
             write_weights.append(w_weights)
@@ -237,13 +253,14 @@ class LMTTM(TokenTuringMachine):
         layer_repeats: int = 1,
         post_norm: bool = False,
         cache_reads: bool = True,
+        cache_writes: bool = True,
     ) -> None:
         if memory_units is None or memory_units < 1:
             raise ValueError(f"memory_units must be a positive integer for LMTTM, got {memory_units}.")
         super().__init__(
             spatial_dims, in_channels, out_channels, img_size, patch_size, dim, memory_tokens, memory_units,
             read_tokens, num_layers, num_heads, mlp_ratio, dropout, process_unit, memory_init, token_learner,
-            position_embedding, layer_repeats, post_norm, cache_reads,
+            position_embedding, layer_repeats, post_norm, cache_reads, cache_writes,
         )
 
 
@@ -281,5 +298,5 @@ class TTM(TokenTuringMachine):
         super().__init__(
             spatial_dims, in_channels, out_channels, img_size, patch_size, dim, memory_tokens, None, read_tokens,
             num_layers, num_heads, mlp_ratio, dropout, process_unit, memory_init, token_learner, position_embedding,
-            layer_repeats, post_norm, False,
+            layer_repeats, post_norm, False, False,
         )
