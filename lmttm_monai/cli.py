@@ -402,9 +402,7 @@ def _usage(commands: list[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``lmttm-monai`` console script."""
-    import fire
-
-    from lmttm_monai.errors import debug_enabled, one_line
+    from lmttm_monai.errors import debug_enabled, fire_one_line
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or debug_enabled()
@@ -427,17 +425,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ[DEBUG_ENV] = "1"  # the bundle configs' exception hook then keeps the traceback too
     else:
         quiet_warnings()
-    try:
-        # fire prints a command's returned text (the summary line) itself; the console script's wrapper passes
-        # main's return value to sys.exit, so nothing is returned
-        fire.Fire(Commands, command=args, name=PROG)
-    except (Exception, SystemExit) as error:
-        if isinstance(error, SystemExit):
-            raise
-        if debug:
-            raise
-        print(f"{PROG}: error: {one_line(error)}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    # fire prints a command's returned text (the summary line) itself; the console script's wrapper passes main's
+    # return value to sys.exit, so nothing is returned
+    fire_one_line(Commands, args, PROG, debug=debug)
 
 
 if __name__ == "__main__":

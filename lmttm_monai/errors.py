@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import traceback
 
-__all__ = ["DEBUG_ENV", "QUIET_WARNINGS", "UserError", "debug_enabled", "one_line", "quiet_warnings", "root_cause"]
+__all__ = [
+    "DEBUG_ENV", "QUIET_WARNINGS", "UserError", "debug_enabled", "fire_one_line", "one_line", "quiet_warnings", "root_cause"
+]  # fmt: skip
 
 DEBUG_ENV = "LMTTM_DEBUG"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -79,3 +81,27 @@ def one_line(error: BaseException) -> str:
     if isinstance(cause, UserError) and message:
         return message
     return f"{type(cause).__name__}: {message}" if message else type(cause).__name__
+
+
+def fire_one_line(
+    component: object, argv: list[str] | None, prog: str, usage_name: str | None = None, debug: bool | None = None
+) -> None:
+    """Run ``component`` as a command line with ``fire``; an exception ends the program with one line on stderr.
+
+    The line is ``"<prog>: error: <one_line(error)>"``, printed last (stdout is flushed first), and the exit status
+    is 1. ``usage_name`` is the name fire's help shows (default ``prog``). With ``debug`` (default:
+    :func:`debug_enabled`) the exception is re-raised with its traceback. fire prints what the command returns;
+    its own usage errors (``SystemExit``) pass through.
+    """
+    import sys
+
+    import fire
+
+    try:
+        fire.Fire(component, command=argv, name=usage_name or prog)
+    except Exception as error:
+        if debug_enabled() if debug is None else debug:
+            raise
+        sys.stdout.flush()
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None

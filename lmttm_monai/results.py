@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from lmttm_monai.errors import UserError
+from lmttm_monai.outputs import atomic_path
 
 __all__ = ["Arm", "COMPARISONS", "Comparison", "main", "run", "table"]
 
@@ -87,7 +88,8 @@ COMPARISONS = {
     ),
     "salstm": Comparison(
         "salstm",
-        (Arm("SALSTM"), Arm("LSTMSA", ("lstmsa.json",)), Arm("U-Net", ("unet.json",))),
+        (Arm("SALSTM"), Arm("LSTMSA", ("lstmsa.json",)), Arm("U-Net", ("unet.json",)),
+         Arm("U-Net, 3 slices", ("unet_context.json",))),  # fmt: skip
         ("test_mean_dice", "test_hd95"),
         "val_mean_dice",
         per_case="test_mean_dice_raw.csv",
@@ -193,7 +195,8 @@ def _run_one(comparison: Comparison, arm: Arm, seed: int, out: Path, overrides: 
     }  # fmt: skip
     if comparison.per_case and (run_dir / "test" / comparison.per_case).is_file():
         result["per_case"] = _read_per_case(run_dir / "test" / comparison.per_case)
-    record.write_text(json.dumps(result, indent=2) + "\n")  # last: its presence means the run finished
+    with atomic_path(record) as tmp:  # last, and whole: its presence means the run finished
+        Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -240,7 +243,8 @@ def run(
             future.result()
     info = {"name": name, "arms": [a.label for a in comparison.arms], "seeds": seed_list, "overrides": overrides,
             "jobs": jobs, "machine": machine()}  # fmt: skip
-    (out_dir / "comparison.json").write_text(json.dumps(info, indent=2) + "\n")
+    with atomic_path(out_dir / "comparison.json") as tmp:
+        Path(tmp).write_text(json.dumps(info, indent=2) + "\n")
     return table(str(out_dir), figures)
 
 
@@ -308,7 +312,8 @@ def table(out: str, figures: str | None = None) -> str:
     lines += [c for arm in comparison.arms for r in runs[arm.label][:1] for c in r["commands"]]
     lines += ["```", ""]
     path = out_dir / "results.md"
-    path.write_text("\n".join(lines))
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("\n".join(lines))
     return str(path)
 
 
@@ -404,18 +409,10 @@ def _parse_overrides(override) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import fire
+    from lmttm_monai.errors import fire_one_line
 
-    from lmttm_monai.errors import debug_enabled, one_line
-
-    try:
-        result = fire.Fire({"run": run, "table": table}, command=argv, name="python -m lmttm_monai.results")
-    except Exception as e:  # one line for the user; the traceback with LMTTM_DEBUG=1
-        if debug_enabled():
-            raise
-        print(f"lmttm_monai.results: error: {one_line(e)}", file=sys.stderr)
-        raise SystemExit(1) from None
-    del result  # fire printed it: the path of results.md
+    # fire prints what a command returns: the path of results.md
+    fire_one_line({"run": run, "table": table}, argv, "lmttm_monai.results", "python -m lmttm_monai.results")
 
 
 if __name__ == "__main__":

@@ -45,3 +45,17 @@ def test_bench_refuses_an_existing_report_unknown_cases_and_the_authors_case_wit
     with pytest.raises(bench.BenchError, match="has no model/LMTTM.py"):
         bench.run(out=str(tmp_path / "b.md"), only="authors_lmttm", authors=str(tmp_path))
     assert not (tmp_path / "b.md").exists()
+
+
+@pytest.mark.parametrize(("device", "ratio", "verdict"), [("cpu", 1.2, "missed by 20%"), ("cpu", 1.8, "met"),
+                                                          ("cuda:0", 2.4, "missed by 20%")])  # fmt: skip
+def test_goal_line_says_met_or_by_how_much_it_is_missed_and_that_the_other_device_was_not_measured(device, ratio, verdict):
+    case = {"step_gflop_per_sample": 20.0, "fraction_of_matmul_peak": 0.5}
+    report = {"device": device, "ratios": {"lmttm_authors_config / authors_lmttm": {"median": ratio}},
+              "cases": {"lmttm_authors_config": case, "authors_lmttm": {**case, "step_gflop_per_sample": 30.0}}}
+    text = "\n".join(bench._goal_lines(report))
+    goal = "3x" if device.startswith("cuda") else "1.5x"
+    assert f"{goal} the authors' LMTTM" in text and f"Measured **{ratio:.2f}x**: {verdict}." in text
+    other = "cpu (1.5x)" if device.startswith("cuda") else "cuda (3x)"
+    assert f"Speed goal on {other}: not measured by this run" in text
+    assert "(0.67 of theirs)" in text and "about the same rate" in text

@@ -20,7 +20,7 @@ NETWORK_OVERLAYS = {
     "lmttm": ["ttm.json", "ttm_scenic.json", "resnet18.json"],
     "mam_swinunetr": ["swinunetr.json", "sts.json"],
     "mam_unetr": ["unetr.json"],
-    "salstm": ["lstmsa.json", "unet.json"],
+    "salstm": ["lstmsa.json", "unet.json", "unet_context.json"],
 }
 # keys that training and inference must agree on, where the bundle has them
 SHARED_KEYS = ("bundle_root", "ckpt_dir", "output_dir", "dataset_dir", "dataset_name", "image_size", "num_classes",

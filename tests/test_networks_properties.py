@@ -549,7 +549,8 @@ def salstm_configs(draw) -> dict[str, Any]:
         in_channels=draw(channel_counts),
         out_channels=draw(class_counts),
         context=draw(st.sampled_from([1, 3, 5] if spatial_dims == 2 else [1, 3])),
-        attention=draw(st.sampled_from(["salstm", "lstmsa", "none"])),
+        attention=(attention := draw(st.sampled_from(["salstm", "lstmsa", "none"]))),
+        context_channels=attention == "none" and draw(st.booleans()),
         sizes=draw(salstm_sizes(spatial_dims)),
     )
 
@@ -571,14 +572,15 @@ def test_salstm_unet_valid_shapes_give_finite_outputs_of_the_documented_shape(co
 
 
 SALSTM_DEFECTS = ["rank", "channels", "sequence", "multiple", "bottleneck", "spatial_dims", "sizes", "context"]
-SALSTM_DEFECTS += ["attention", "hidden_channels", "features", "kernel_size", "scale"]
+SALSTM_DEFECTS += ["attention", "hidden_channels", "features", "kernel_size", "scale", "context_channels"]
 
 
 @st.composite
 def invalid_salstm_cases(draw, defect: str) -> Invalid:
     kwargs = draw(salstm_configs())
-    if defect in ("kernel_size", "scale") and kwargs["attention"] == "none":  # only the LSTMs use them
+    if defect in ("kernel_size", "scale", "context_channels") and kwargs["attention"] == "none":  # LSTM-only
         kwargs["attention"] = draw(st.sampled_from(["salstm", "lstmsa"]))
+        kwargs["context_channels"] = False
     spatial_dims, t, c, sizes = kwargs["spatial_dims"], kwargs["context"], kwargs["in_channels"], kwargs["sizes"]
     batch = draw(batch_sizes)
     if defect == "rank":  # neither [B, T * C, *spatial] nor [B, T, C, *spatial]
@@ -621,6 +623,9 @@ def invalid_salstm_cases(draw, defect: str) -> Invalid:
     if defect == "scale":
         kwargs["scale"] = draw(st.sampled_from([-1.0, 0.0]))
         return Invalid(kwargs, None, "scale must be a positive number")
+    if defect == "context_channels":  # the plain U-shaped net's option, refused with the LSTMs
+        kwargs["context_channels"] = True
+        return Invalid(kwargs, None, "context_channels=True needs attention='none'")
     kwargs[draw(st.sampled_from(["in_channels", "out_channels"]))] = draw(non_positive)
     return Invalid(kwargs, None, "in_channels and out_channels must be positive")
 

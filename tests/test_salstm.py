@@ -160,6 +160,29 @@ def test_none_is_exactly_the_plain_basic_unet_on_the_current_slice():
     assert net.forward_lstm is None and net.reverse_lstm is None and net.head is None
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_context_channels_is_exactly_the_plain_basic_unet_on_all_the_slices_as_channels(spatial_dims):
+    net = small("none", spatial_dims, context_channels=True).eval()
+    plain = BasicUNet(spatial_dims, 3, 3, features=FEATURES).eval()
+    plain.load_state_dict(net.unet.state_dict())
+    spatial = (32, 32) if spatial_dims == 2 else (32, 16, 16)
+    x = torch.rand(2, 3, *spatial)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), plain(x), rtol=0, atol=0)
+        torch.testing.assert_close(net(x.unsqueeze(2)), plain(x), rtol=0, atol=0)  # the [B, T, C, *spatial] layout
+        neighbours_changed = x.clone()
+        neighbours_changed[:, [0, 2]] = torch.rand(2, 2, *spatial)
+        assert not torch.allclose(net(neighbours_changed), net(x))  # unlike "none" alone, the neighbours count
+        torch.testing.assert_close(torch.jit.script(net)(x), net(x))
+    assert net.forward_lstm is None and net.reverse_lstm is None and net.head is None
+
+
+def test_context_channels_needs_the_plain_unet():
+    for attention in ("salstm", "lstmsa"):
+        with pytest.raises(ValueError, match="context_channels=True needs attention='none'"):
+            small(attention, context_channels=True)
+
+
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_samples_in_a_batch_do_not_interact(attention):
     net = small(attention).train()  # train mode too: instance norm is per sample

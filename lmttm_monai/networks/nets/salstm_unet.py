@@ -8,7 +8,9 @@ maps every element of a short sequence (previous, current, next) to a feature ma
 (previous, current), a reverse LSTM over (next, current), each followed by SALSTM or LSTMSA attention on the
 states of its last step, and a 1x1 convolution of the two outputs, concatenated, gives the classes of the
 current element. With ``attention="none"`` the network is exactly the plain U-shaped net on the current element,
-which is the paper's baseline and the ablation in one argument.
+which is the paper's baseline and the ablation in one argument; ``context_channels=True`` gives that net all the
+elements as input channels instead (a 2.5D U-Net), which separates what the context adds from what the LSTM
+attention adds.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class SALSTMUNet(nn.Module):
         context: odd sequence length ``T``; element ``T // 2`` is the one segmented. The forward LSTM runs over
             elements ``0 .. T // 2``, the reverse one over ``T - 1 .. T // 2``. 3 is the paper's setting.
         attention: ``"salstm"``, ``"lstmsa"`` or ``"none"`` (the plain U-shaped net on the middle element).
+        context_channels: with ``attention="none"`` only: the plain U-shaped net takes all ``T`` elements as
+            ``T * in_channels`` input channels instead of the middle one alone.
         features: the six feature sizes of :class:`~monai.networks.nets.BasicUNet`.
         hidden_channels: channels of the U-shaped net's output features and of both LSTMs (the authors use 64).
         kernel_size: odd kernel of the LSTM gate convolutions (the authors use 5).
@@ -64,6 +68,7 @@ class SALSTMUNet(nn.Module):
         out_channels: int,
         context: int = 3,
         attention: str = "salstm",
+        context_channels: bool = False,
         features: Sequence[int] = (32, 32, 64, 128, 256, 32),
         hidden_channels: int = 32,
         kernel_size: int = 3,
@@ -83,6 +88,8 @@ class SALSTMUNet(nn.Module):
             raise ValueError(f"context must be a positive odd number (previous, current, next), got {context}.")
         if attention not in SALSTM_ATTENTIONS:
             raise ValueError(f"attention must be one of {SALSTM_ATTENTIONS}, got {attention!r}.")
+        if context_channels and attention != "none":
+            raise ValueError(f"context_channels=True needs attention='none' (the plain U-shaped net), got {attention!r}")
         if hidden_channels < 1:
             raise ValueError(f"hidden_channels must be positive, got {hidden_channels}.")
         if any(f < 1 for f in ensure_tuple_rep(features, 6)):
@@ -91,8 +98,10 @@ class SALSTMUNet(nn.Module):
         self.in_channels = in_channels
         self.context = context
         self.attention = attention
+        self.context_channels = bool(context_channels)
+        unet_in = context * in_channels if context_channels else in_channels
         unet_out = out_channels if attention == "none" else hidden_channels
-        self.unet = BasicUNet(spatial_dims, in_channels, unet_out, features, act, norm, bias, dropout, upsample)
+        self.unet = BasicUNet(spatial_dims, unet_in, unet_out, features, act, norm, bias, dropout, upsample)
         # instance norm cannot normalise a single position: at the 1/16 bottleneck it would fail inside torch
         self.single_position_bottleneck_fails = any(
             isinstance(m, nn.modules.instancenorm._InstanceNorm) for m in self.unet.down_4.modules()
@@ -158,7 +167,7 @@ class SALSTMUNet(nn.Module):
         batch, steps = x.shape[0], x.shape[1]
         current = steps // 2
         if self.head is None:
-            return self.unet(x[:, current])
+            return self.unet(x.flatten(1, 2) if self.context_channels else x[:, current])
         else:
             # one U-shaped net shared by all elements: fold the sequence into the batch
             features = self.unet(x.flatten(0, 1))
