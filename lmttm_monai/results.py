@@ -159,6 +159,22 @@ def _read_per_case(path: Path) -> dict[str, float]:
     return {row[0]: float(row[column]) for row in rows[1:] if row}
 
 
+def _read_per_label(test_dir: Path, metrics: tuple[str, ...]) -> dict[str, list[float]]:
+    """Per label, the mean over the test cases of each metric's MONAI ``<metric>_raw.csv`` (columns ``class0``,
+    ``class1``, ...; cases where a label's metric is NaN, as HD95 is for a label not predicted, are left out)."""
+    per_label = {}
+    for metric in metrics:
+        path = test_dir / f"{metric}_raw.csv"
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        rows = list(csv.reader(text.splitlines(), delimiter="\t" if "\t" in text.splitlines()[0] else ","))
+        columns = [i for i, name in enumerate(rows[0]) if name.startswith("class")]
+        values = np.array([[float(row[i]) for i in columns] for row in rows[1:] if row], dtype=float)
+        per_label[metric] = [round(float(v), 6) for v in np.nanmean(np.where(np.isinf(values), np.nan, values), 0)]
+    return per_label
+
+
 def _run_one(comparison: Comparison, arm: Arm, seed: int, out: Path, overrides: dict, threads: int) -> dict:
     """Train and evaluate one arm with one seed (or keep what an earlier call finished)."""
     run_dir = out / arm.slug / f"seed{seed}"
@@ -195,6 +211,7 @@ def _run_one(comparison: Comparison, arm: Arm, seed: int, out: Path, overrides: 
     }  # fmt: skip
     if comparison.per_case and (run_dir / "test" / comparison.per_case).is_file():
         result["per_case"] = _read_per_case(run_dir / "test" / comparison.per_case)
+        result["per_label"] = _read_per_label(run_dir / "test", comparison.metrics)
     with atomic_path(record) as tmp:  # last, and whole: its presence means the run finished
         Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -280,6 +297,11 @@ def table(out: str, figures: str | None = None) -> str:
     comparison = _select_arms(_comparison(info["name"]), info.get("arms", ()))
     runs = {arm.label: [json.loads(p.read_text()) for p in sorted((out_dir / arm.slug).glob("seed*/run.json"))]
             for arm in comparison.arms}  # fmt: skip
+    for arm in comparison.arms:  # runs recorded before run.json had per_label: read it from their test folder
+        for r in runs[arm.label]:
+            test_dir = out_dir / arm.slug / f"seed{r['seed']}" / "test"
+            if comparison.per_case and "per_label" not in r and test_dir.is_dir():
+                r["per_label"] = _read_per_label(test_dir, comparison.metrics)
     base = comparison.arms[0].label
     lines = [f"# {info['name']}: {' vs '.join(a.label for a in comparison.arms)}", "",
              f"Seeds {info['seeds']}; overrides {info['overrides'] or 'none (the bundle defaults)'}; "
@@ -307,6 +329,7 @@ def table(out: str, figures: str | None = None) -> str:
         lines.append(f"| {arm.label} | {len(rs)} | " + " | ".join(cells) + f" | {change} | {paired} | {minutes} |")
     if comparison.bundle == "lmttm":
         lines += ["", _majority_line(info["overrides"])]
+    lines += _per_label_lines(comparison, runs)
     lines += ["", "## Figures", "", *_figure_lines(out_dir, figures)]
     lines += ["", "Commands (first seed of each arm):", "", "```bash"]
     lines += [c for arm in comparison.arms for r in runs[arm.label][:1] for c in r["commands"]]
@@ -315,6 +338,24 @@ def table(out: str, figures: str | None = None) -> str:
     with atomic_path(path) as tmp:
         Path(tmp).write_text("\n".join(lines))
     return str(path)
+
+
+def _per_label_lines(comparison: Comparison, runs: dict[str, list[dict]]) -> list[str]:
+    """A table of each metric per label (mean ± std over the runs of the mean over test cases), where recorded."""
+    metrics = [m for m in comparison.metrics if any(m in r.get("per_label", {}) for rs in runs.values() for r in rs)]
+    if not metrics:
+        return []
+    recorded = [r["per_label"][m] for rs in runs.values() for r in rs for m in metrics if m in r.get("per_label", {})]
+    labels = max(len(values) for values in recorded)
+    header = [f"{m} label {k + 1}" for m in metrics for k in range(labels)]
+    lines = ["", "Per label (label k is the segmentation's class k; mean over test cases, then mean ± std over runs):",
+             "", "| arm | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]  # fmt: skip
+    for arm in comparison.arms:
+        recorded = [r["per_label"] for r in runs[arm.label] if "per_label" in r]
+        cells = [_mean_std([p[m][k] for p in recorded if len(p.get(m, [])) > k])
+                 for m in metrics for k in range(labels)]  # fmt: skip
+        lines.append(f"| {arm.label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _figure_lines(out_dir: Path, figures: str | None) -> list[str]:
