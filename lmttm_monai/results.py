@@ -150,13 +150,18 @@ def _read_train_loss(log: str) -> list[float]:
     return [float(np.mean(list(by_epoch[e].values()))) for e in sorted(by_epoch)]
 
 
-def _read_per_case(path: Path) -> dict[str, float]:
-    """Per-case mean of a MONAI ``*_raw.csv`` (``filename<TAB>class...<TAB>mean``)."""
+def _read_raw_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows of a MONAI ``*_raw.csv`` (``filename<TAB>class0<TAB>...<TAB>mean``, one row per case)."""
     text = path.read_text()
-    rows = list(csv.reader(text.splitlines(), delimiter="\t" if "\t" in text.splitlines()[0] else ","))
-    header = rows[0]
+    header, *rows = csv.reader(text.splitlines(), delimiter="\t" if "\t" in text.splitlines()[0] else ",")
+    return header, [row for row in rows if row]
+
+
+def _read_per_case(path: Path) -> dict[str, float]:
+    """Per-case mean of a MONAI ``*_raw.csv``."""
+    header, rows = _read_raw_csv(path)
     column = header.index("mean") if "mean" in header else len(header) - 1
-    return {row[0]: float(row[column]) for row in rows[1:] if row}
+    return {row[0]: float(row[column]) for row in rows}
 
 
 def _read_per_label(test_dir: Path, metrics: tuple[str, ...]) -> dict[str, list[float]]:
@@ -167,10 +172,9 @@ def _read_per_label(test_dir: Path, metrics: tuple[str, ...]) -> dict[str, list[
         path = test_dir / f"{metric}_raw.csv"
         if not path.is_file():
             continue
-        text = path.read_text()
-        rows = list(csv.reader(text.splitlines(), delimiter="\t" if "\t" in text.splitlines()[0] else ","))
-        columns = [i for i, name in enumerate(rows[0]) if name.startswith("class")]
-        values = np.array([[float(row[i]) for i in columns] for row in rows[1:] if row], dtype=float)
+        header, rows = _read_raw_csv(path)
+        columns = [i for i, name in enumerate(header) if name.startswith("class")]
+        values = np.array([[float(row[i]) for i in columns] for row in rows], dtype=float)
         per_label[metric] = [round(float(v), 6) for v in np.nanmean(np.where(np.isinf(values), np.nan, values), 0)]
     return per_label
 
