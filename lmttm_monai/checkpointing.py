@@ -88,6 +88,10 @@ class CheckpointSaver(_MonaiCheckpointSaver):
     """
 
     def __init__(self, save_dir: str, save_dict: dict, *args: Any, **kwargs: Any) -> None:
+        # ignite's DiskSaver (built by super) checks that save_dir exists, then creates it without exist_ok, on rank 0
+        # only; under torchrun another rank's AtomicDiskSaver can create it between the two (FileExistsError).
+        # Creating it here first, on every rank, leaves ignite nothing to create.
+        os.makedirs(save_dir, exist_ok=True)
         super().__init__(save_dir, save_dict, *args, **kwargs)
         fixed = {
             "_final_checkpoint": kwargs.get("final_filename"),

@@ -111,3 +111,21 @@ def test_checkpoints_are_written_atomically_and_load_with_weights_only(tmp_path)
     saver = CheckpointSaver(str(tmp_path), {"model": network}, save_key_metric=True, key_metric_filename="model.pt")
     assert dict(saver.key_metric_record()) == {"_saved": []}  # ignite's record of the best so far: none yet
     assert os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+def test_checkpoint_saver_creates_its_folder_before_ignite_checks_for_it(tmp_path, monkeypatch):
+    # Under torchrun, ignite's rank-0 check-then-create races another rank's makedirs (FileExistsError in CI);
+    # the folder must already exist when ignite looks, so ignite never creates it.
+    from ignite.handlers.checkpoint import DiskSaver
+
+    seen = []
+    real_check = DiskSaver._check_and_setup
+
+    def recording_check(dirname, create_dir, require_empty):
+        seen.append(dirname.is_dir())
+        real_check(dirname, create_dir, require_empty)
+
+    monkeypatch.setattr(DiskSaver, "_check_and_setup", staticmethod(recording_check))
+    save_dir = tmp_path / "run" / "models"
+    CheckpointSaver(str(save_dir), {"model": torch.nn.Linear(3, 2)}, save_key_metric=True, key_metric_filename="model.pt")
+    assert seen and all(seen)
