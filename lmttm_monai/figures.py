@@ -633,11 +633,12 @@ def _class_names(run_dir: Path, parser: Any, count: int) -> list[str]:
 
 
 def figure_prefix(name: str, overrides: Mapping[str, Any]) -> str:
-    """File name prefix of a comparison's pictures: the comparison, then its dataset and size.
+    """File name prefix of a comparison's pictures: the comparison, then its dataset (and size).
 
-    The lmttm bundle always names its dataset and size (``lmttm_adrenalmnist3d_28``) so pictures of several
-    MedMNIST datasets can share one folder; a segmentation comparison adds its dataset folder and image size only
-    when they are overridden away from the bundle's default.
+    Every prefix names its dataset so pictures of several datasets can share one folder: the lmttm bundle its
+    MedMNIST dataset and size (``lmttm_adrenalmnist3d_28``); a segmentation comparison its dataset folder, the
+    overridden ``dataset_dir`` or else the bundle's default, lower case without an MSD ``TaskNN_`` part
+    (``salstm_hippocampus``, ``mam_unetr_drive``), and the image size when it is overridden.
     """
     from lmttm_monai.results import COMPARISONS, _dataset
 
@@ -645,12 +646,12 @@ def figure_prefix(name: str, overrides: Mapping[str, Any]) -> str:
     if COMPARISONS[name].bundle == "lmttm":
         parts += [str(p) for p in _dataset(overrides)]
     else:
-        folder = os.path.basename(os.path.normpath(str(overrides.get("dataset_dir", ""))))
-        if folder and folder != COMPARISONS[name].data_folder:
-            parts.append(folder)
+        given = str(overrides.get("dataset_dir", "")).strip()
+        folder = os.path.basename(os.path.normpath(given)) if given else COMPARISONS[name].data_folder
+        parts.append(re.sub(r"^task\d+_", "", folder.lower()))
         if "image_size" in overrides:
             parts.append(str(overrides["image_size"]))
-    return "_".join(re.sub(r"[^A-Za-z0-9.-]+", "-", p).strip("-") for p in parts)
+    return "_".join([name] + [re.sub(r"[^A-Za-z0-9.-]+", "-", p).strip("-") for p in parts[1:]])
 
 
 def write_figures(

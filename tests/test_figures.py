@@ -129,6 +129,16 @@ def test_the_memory_picture_of_a_ttm_run_and_none_for_a_resnet(medmnist_dir, tmp
 
 
 @pytest.mark.slow
+def test_every_picture_prefix_names_its_dataset_the_default_one_too():
+    from lmttm_monai.figures import figure_prefix
+
+    assert figure_prefix("salstm", {}) == "salstm_hippocampus"
+    assert figure_prefix("mam_unetr", {}) == "mam_unetr_drive"
+    assert figure_prefix("mam_swinunetr", {"dataset_dir": "/data/Task02_Heart/"}) == "mam_swinunetr_heart"
+    assert figure_prefix("salstm", {"image_size": 64}) == "salstm_hippocampus_64"
+    assert figure_prefix("lmttm", {}) == "lmttm_adrenalmnist3d_28"
+
+
 def test_a_segmentation_run_draws_curves_and_best_median_worst_overlays(hippocampus_dir, tmp_path):
     pytest.importorskip("matplotlib")
     from lmttm_monai.results import table
@@ -136,7 +146,7 @@ def test_a_segmentation_run_draws_curves_and_best_median_worst_overlays(hippocam
     budget = f"epochs=1,epoch_length=2,max_cases=4,num_workers=0,dataset_dir={hippocampus_dir}"
     made = results("run", "salstm", "--out", str(tmp_path), "--seeds", "0", "--arms", "u-net", "--override", budget)
     assert made.returncode == 0, made.stderr[-3000:]
-    names = ("salstm_curves.png", "salstm_u-net_overlays.png")
+    names = ("salstm_hippocampus_curves.png", "salstm_hippocampus_u-net_overlays.png")
     for path in [tmp_path / "figures" / name for name in names]:  # without --figures: OUT/figures
         assert_picture(path)
     assert linked_pictures(tmp_path / "results.md") == [(tmp_path / "figures" / name).resolve() for name in names]
