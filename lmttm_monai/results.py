@@ -262,11 +262,27 @@ def run(
         futures = [pool.submit(_run_one, comparison, arm, seed, out_dir, overrides, threads) for arm, seed in tasks]
         for future in futures:
             future.result()
-    info = {"name": name, "arms": [a.label for a in comparison.arms], "seeds": seed_list, "overrides": overrides,
+    arm_labels, seed_list = _merged_with_earlier(out_dir / "comparison.json", name, overrides, comparison, seed_list)
+    info = {"name": name, "arms": arm_labels, "seeds": seed_list, "overrides": overrides,
             "jobs": jobs, "machine": machine()}  # fmt: skip
     with atomic_path(out_dir / "comparison.json") as tmp:
         Path(tmp).write_text(json.dumps(info, indent=2) + "\n")
     return table(str(out_dir), figures)
+
+
+def _merged_with_earlier(
+    info_path: Path, name: str, overrides: dict, comparison: Comparison, seeds: list[int]
+) -> tuple[list[str], list[int]]:
+    """The arms and seeds the table covers: this call's, and those of an earlier call into the same folder with the
+    same comparison and overrides (so arms run one at a time, ``--arms TTM`` then ``--arms LMTTM``, share one
+    table), arms in the comparison's order."""
+    labels, seed_set = {a.label for a in comparison.arms}, set(seeds)
+    if info_path.is_file():
+        earlier = json.loads(info_path.read_text())
+        if earlier.get("name") == name and earlier.get("overrides", {}) == overrides:
+            labels |= set(earlier.get("arms", ()))
+            seed_set |= set(earlier.get("seeds", ()))
+    return [a.label for a in COMPARISONS[name].arms if a.label in labels], sorted(seed_set)
 
 
 def _mean_std(values: list[float]) -> str:

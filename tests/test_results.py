@@ -18,11 +18,12 @@ def results(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=1800)  # fmt: skip
 
 
-def test_a_two_arm_comparison_writes_a_table_and_a_rerun_repeats_no_finished_run(medmnist_dir, tmp_path):
+def test_arms_run_one_call_each_share_one_table_and_a_rerun_repeats_no_finished_run(medmnist_dir, tmp_path):
     budget = f"epochs=1,epoch_length=2,batch_size=8,num_workers=0,dataset_dir={medmnist_dir}"
-    args = ["run", "lmttm", "--out", str(tmp_path), "--seeds", "0", "--arms", "lmttm,ttm", "--override", budget]
-    first = results(*args)
-    assert first.returncode == 0, first.stderr[-3000:]
+    common = ["lmttm", "--out", str(tmp_path), "--seeds", "0", "--override", budget]
+    for arm in ("ttm", "lmttm"):  # one arm per call, the later one first in the comparison's order
+        made = results("run", *common, "--arms", arm)
+        assert made.returncode == 0, made.stderr[-3000:]
     table = (tmp_path / "results.md").read_text()
     assert table.startswith("# lmttm: LMTTM vs TTM")
     rows = [line for line in table.splitlines() if line.startswith("| LMTTM |") or line.startswith("| TTM |")]
@@ -32,9 +33,10 @@ def test_a_two_arm_comparison_writes_a_table_and_a_rerun_repeats_no_finished_run
     assert set(record["metrics"]) == {"test_acc", "test_auc"} and 0 <= record["metrics"]["test_auc"] <= 1
     assert len(record["curve"]) == 1 and "ttm.json" in record["commands"][0]
     stamp = (tmp_path / "ttm" / "seed0" / "run.json").stat().st_mtime_ns
-    again = results(*args)
+    again = results("run", *common, "--arms", "lmttm,ttm")
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "ttm" / "seed0" / "run.json").stat().st_mtime_ns == stamp  # kept, not trained again
+    assert json.loads((tmp_path / "comparison.json").read_text())["arms"] == ["LMTTM", "TTM"]
 
 
 def test_an_unknown_comparison_or_arm_is_one_line_naming_the_choices(tmp_path):
