@@ -189,10 +189,13 @@ def test_multi_gpu_overlay_disables_the_tensorboard_handlers_it_points_at(name):
     configs = REPO_ROOT / "bundles" / name / "configs"
     parser = ConfigParser()
     parser.read_config([str(configs / "train.json"), str(configs / "multi_gpu_train.json")])
-    assert parser["train#handlers#3#_target_"] == "TensorBoardStatsHandler"
-    assert parser["train#handlers#3#_disabled_"] == "$dist.get_rank() > 0"
-    # ranks > 0 keep the ValidationHandler and the TrainingCheckpoint (it reseeds each epoch and loads a resume)
-    assert parser["train#handlers#1#_target_"] == "lmttm_monai.checkpointing.TrainingCheckpoint"
-    assert parser["train#trainer#train_handlers"].endswith("else @train#handlers[:2]")
+    targets = [h["_target_"] for h in parser["train#handlers"]]
+    board = targets.index("TensorBoardStatsHandler")
+    assert parser[f"train#handlers#{board}#_disabled_"] == "$dist.get_rank() > 0"
+    # ranks > 0 keep the ValidationHandler, a learning-rate schedule (every rank must step it) and the
+    # TrainingCheckpoint (it reseeds each epoch and loads a resume): the handlers up to the checkpoint
+    kept = targets.index("lmttm_monai.checkpointing.TrainingCheckpoint") + 1
+    assert parser["train#trainer#train_handlers"].endswith(f"else @train#handlers[:{kept}]")
+    assert set(targets[kept:]) & {"ValidationHandler", "LrScheduleHandler"} == set()
     assert parser["validate#handlers#1#_target_"] == "TensorBoardStatsHandler"
     assert parser["train#dataloader#sampler"] == "@train#sampler"

@@ -27,6 +27,9 @@ def command(bundle: str, data_dir: Path, run_dir: Path, *extra: str) -> list[str
         # one loader worker: the workers' random transforms are reseeded each epoch too
         "salstm": ["--max_cases", "3", "--epoch_length", "3", "--batch_size", "2", "--num_samples", "2",
                    "--num_workers", "1"],
+        # the one bundle with a learning-rate schedule (cosine over the epochs): a resume must restore it too
+        "mam_unetr": ["--max_cases", "3", "--val_cases", "1", "--val_interval", "1", "--epoch_length", "3",
+                      "--batch_size", "1", "--num_samples", "2", "--num_workers", "1"],
     }[bundle]  # fmt: skip
     return [
         sys.executable, "-m", "monai.bundle", "run", "training",
@@ -65,11 +68,11 @@ def assert_same_weights(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-@pytest.mark.parametrize("bundle", ["lmttm", "salstm"])
+@pytest.mark.parametrize("bundle", ["lmttm", "salstm", "mam_unetr"])
 def test_a_run_killed_mid_epoch_and_resumed_ends_with_the_weights_of_an_uninterrupted_run(
-    bundle, tmp_path, medmnist_dir, hippocampus_dir
+    bundle, tmp_path, medmnist_dir, hippocampus_dir, drive_dir
 ):
-    data_dir = medmnist_dir if bundle == "lmttm" else hippocampus_dir
+    data_dir = {"lmttm": medmnist_dir, "salstm": hippocampus_dir, "mam_unetr": drive_dir}[bundle]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     uninterrupted = run(command(bundle, data_dir, whole))
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
