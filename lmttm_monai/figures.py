@@ -48,6 +48,7 @@ DPI = 110
 # one colour per arm, by its place in the comparison, so an arm has the same colour in every picture
 ARM_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 LABEL_COLOUR, PREDICTION_COLOUR = "#00e000", "#ff2bd6"  # both stand out on a grey image and from each other
+BOTH_COLOUR = "#ffe14d"  # where label and prediction agree (one-class overlays)
 
 
 class FiguresError(UserError):
@@ -365,7 +366,8 @@ def segmentation_overlays(run_dir: str | os.PathLike, comparison: Any, path: str
     The cases are ranked by run.json's ``per_case`` (the evaluation's per-case mean Dice over the foreground
     classes). Each panel is the image (a 3D volume's slice with the most label voxels, along the bundle's slice
     axis or the last one) with the label's contour and the prediction's contour in two colours, one line style
-    per foreground class. The evaluations of mam_swinunetr and mam_unetr save their predictions, but in the
+    per foreground class; with one foreground class (DRIVE's vessels, too thin for contours) every foreground
+    pixel is coloured instead: label and prediction, label only, prediction only. The evaluations of mam_swinunetr and mam_unetr save their predictions, but in the
     original image space (after ``Invertd``) or as scaled PNGs, and salstm's saves none; so the three cases are
     inferred again here, in the evaluation's own preprocessed space, with the bundle's network (the run's
     ``models/model.pt``), inferer and, where the bundle masks its predictions (DRIVE's field of view), its mask.
@@ -418,6 +420,12 @@ def segmentation_overlays(run_dir: str | os.PathLike, comparison: Any, path: str
     figure = _figure(4.2 * len(panels), 4.2 * aspect + 1.3)
     axes = np.atleast_1d(figure.subplots(1, len(panels), squeeze=False)[0])
     for ax, (title, shown, origin, label, prediction) in zip(axes, panels):
+        if num_classes == 2:  # one foreground class: every pixel coloured by agreement (thin vessels lose contours)
+            ax.imshow(_agreement_picture(shown, label, prediction), origin=origin, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(title, fontsize=10)
+            continue
         ax.imshow(shown, cmap="gray", origin=origin, interpolation="nearest")
         for c in range(1, num_classes):
             style = ("solid", "dashed", "dotted", "dashdot")[(c - 1) % 4]
@@ -468,9 +476,29 @@ def _overlay_slice(
     return shown, origin, label, prediction, where
 
 
+def _agreement_picture(shown: np.ndarray, label: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """The image in grey, dimmed, with each foreground pixel coloured by where it is foreground: in both the label
+    and the prediction, in the label only (missed) or in the prediction only; rows x columns x RGB."""
+    from matplotlib.colors import to_rgb
+
+    grey = shown.mean(-1) if shown.ndim == 3 else shown
+    picture = np.repeat(0.55 * grey[..., None], 3, axis=-1)
+    truth, guess = label.T > 0, prediction.T > 0  # [columns, rows] -> rows x columns, as `shown`
+    for where, colour in ((truth & guess, BOTH_COLOUR), (truth & ~guess, LABEL_COLOUR), (~truth & guess, PREDICTION_COLOUR)):
+        picture[where] = to_rgb(colour)
+    return picture
+
+
 def _overlay_legend(figure: Any, num_classes: int) -> None:
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
+    if num_classes == 2:
+        handles = [Patch(color=BOTH_COLOUR, label="label and prediction"),
+                   Patch(color=LABEL_COLOUR, label="label only (missed)"),
+                   Patch(color=PREDICTION_COLOUR, label="prediction only")]  # fmt: skip
+        figure.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=9, frameon=False)
+        return
     handles = []
     for c in range(1, num_classes):
         style = ("solid", "dashed", "dotted", "dashdot")[(c - 1) % 4]

@@ -153,3 +153,21 @@ def test_a_segmentation_run_draws_curves_and_best_median_worst_overlays(hippocam
     # `table OUT --figures DIR` draws them again into DIR
     table(str(tmp_path), figures=str(tmp_path / "elsewhere"))
     assert linked_pictures(tmp_path / "results.md") == [(tmp_path / "elsewhere" / name).resolve() for name in names]
+
+
+def test_a_one_class_overlay_colours_each_pixel_by_where_label_and_prediction_agree():
+    pytest.importorskip("matplotlib")
+    import numpy as np
+    from matplotlib.colors import to_rgb
+
+    from lmttm_monai.figures import BOTH_COLOUR, LABEL_COLOUR, PREDICTION_COLOUR, _agreement_picture
+
+    shown = np.full((2, 3), 0.5)  # rows x columns
+    label = np.array([[1, 0], [1, 0], [0, 0]])  # [columns, rows], as the panels hold them
+    prediction = np.array([[1, 1], [0, 0], [0, 0]])
+    picture = _agreement_picture(shown, label, prediction)
+    assert picture.shape == (2, 3, 3)
+    assert tuple(picture[0, 0]) == to_rgb(BOTH_COLOUR)  # row 0, column 0: in both
+    assert tuple(picture[0, 1]) == to_rgb(LABEL_COLOUR)  # missed
+    assert tuple(picture[1, 0]) == to_rgb(PREDICTION_COLOUR)  # predicted only
+    assert np.allclose(picture[1, 2], 0.55 * 0.5)  # background: the dimmed image
