@@ -51,10 +51,17 @@ def _whole(value: object, key: str, allow_none: bool = False) -> None:
 
 def check_schedule(epochs: object, epoch_length: object = None, val_interval: object = 1) -> None:
     """Refuse a training schedule that ignite would misread: ``--epochs 1.5`` trains 2 epochs there, and
-    ``--epochs abc`` ends in a comparison error that names neither the key nor the value."""
+    ``--epochs abc`` ends in a comparison error that names neither the key nor the value; and one whose
+    ``val_interval`` exceeds ``epochs``, which would never validate and so never keep a ``model.pt``."""
     _whole(epochs, "epochs")
     _whole(epoch_length, "epoch_length", allow_none=True)
     _whole(val_interval, "val_interval")
+    if val_interval > epochs:
+        # validation is what keeps model.pt: with none, training would end with no model to evaluate or infer with
+        raise UserError(
+            f"val_interval {val_interval} is more than epochs {epochs}: no validation would run and no model.pt "
+            f"would be kept; pass --val_interval {epochs} or less."
+        )
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

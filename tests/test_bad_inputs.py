@@ -401,6 +401,19 @@ def test_a_training_schedule_that_is_not_a_whole_number_is_refused_naming_the_ke
     assert not (tmp_path / "models").exists()  # refused before anything was written
 
 
+def test_a_val_interval_beyond_the_epochs_is_refused_since_no_model_would_be_kept(drive_dir, tmp_path):
+    # mam_unetr validates every 4 epochs by default: a 1-epoch run would train and then keep no model.pt
+    result = bundle_run("mam_unetr", "--dataset_dir", str(drive_dir), "--epochs", "1", "--ckpt_dir",
+                        str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), configs=("train",),
+                        workflow="training")  # fmt: skip
+    assert_refused(
+        result,
+        "error: val_interval 4 is more than epochs 1: no validation would run and no model.pt would be kept; "
+        "pass --val_interval 1 or less.",
+    )
+    assert not (tmp_path / "models").exists()
+
+
 def test_a_max_voxels_that_is_not_a_number_is_refused_naming_the_key(hippocampus_case, checkpoints, tmp_path):
     result = seg_inference("salstm", checkpoints, tmp_path, hippocampus_case["image"], "--max_voxels", "abc")
     assert_refused(

@@ -20,7 +20,7 @@ BUNDLE = REPO_ROOT / "bundles" / "mam_unetr"
 CONFIGS = BUNDLE / "configs"
 TRAIN, EVALUATE, INFERENCE = (str(CONFIGS / f"{n}.json") for n in ("train", "evaluate", "inference"))
 PLAIN = str(CONFIGS / "unetr.json")
-QUICK = ["--max_cases", "2", "--epochs", "1", "--train#trainer#epoch_length", "2", "--num_workers", "0",
+QUICK = ["--max_cases", "2", "--epochs", "1", "--val_interval", "1", "--train#trainer#epoch_length", "2", "--num_workers", "0",
          "--num_samples", "2"]  # fmt: skip
 
 pytestmark = pytest.mark.slow

@@ -72,5 +72,6 @@ def test_salstm_multi_gpu_train_runs_two_gloo_processes_for_two_iterations(tmp_p
 def test_mam_unetr_multi_gpu_train_runs_two_gloo_processes_for_two_iterations(tmp_path):
     # 6 training cases: 4 to train (2 per process), 2 to validate (1 per process)
     dataset_dir = write_drive(tmp_path / "DRIVE", n_train=6, n_test=1)
-    overrides = {"val_cases": 2, "batch_size": 1, "num_samples": 2, "cache_rate": 0.0, "roi_size": [32, 32]}
+    overrides = {"val_cases": 2, "val_interval": 1, "batch_size": 1, "num_samples": 2, "cache_rate": 0.0,
+                 "roi_size": [32, 32]}
     run_two_processes("mam_unetr", tmp_path, dataset_dir, overrides)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 import signal
@@ -360,6 +361,29 @@ def test_stored_labels_train_a_new_checkpoint_that_inference_then_uses(server, h
     (reference,) = tmp_path.glob(f"{case}_seg.*")
     agreement = np.mean(np.asarray(nib.load(reference).dataobj) == label_after)
     assert agreement > 0.999, f"server and bundle run agree on {agreement:.4%} of voxels"
+
+
+def test_a_fine_tune_shorter_than_the_validation_interval_still_validates_and_ends_its_schedule(
+    label_python, workspace
+):
+    # mam_unetr validates every 4 epochs; MONAI Label sets only the trainer's max_epochs, and without validation
+    # no models/model.pt is written. Asked for 2 epochs, the bundle must validate every 2 and anneal over 2.
+    _, bundles, _ = workspace
+    script = f"""
+import json
+from pathlib import Path
+from lmttm_monai.apps.monailabel.bundles import ServedBundle
+from lmttm_monai.apps.monailabel.tasks import SegmentationBundleTrainTask
+path = Path({str(bundles / "mam_unetr")!r})
+task = SegmentationBundleTrainTask(ServedBundle("mam_unetr", path, "segmentation", None, True), {{}})
+for max_epochs in (2, 300):
+    print(json.dumps(task._update_overrides({{task.const.key_train_trainer_max_epochs(): max_epochs}})))
+"""
+    result = subprocess.run([label_python, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    short, long = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
+    assert (short["epochs"], short["val_interval"]) == (2, 2)
+    assert long["epochs"] == 300 and "val_interval" not in long  # the bundle's own interval, 4
 
 
 def test_server_stops_cleanly_on_ctrl_c(server):

@@ -45,11 +45,12 @@ NOT_RUN = {
 BUDGET = {
     "lmttm": ["--epochs", "1", "--batch_size", "8", "--num_workers", "0", "--epoch_length", "2"],
     "mam_swinunetr": ["--max_cases", "3", "--epochs", "1", "--epoch_length", "2", "--num_workers", "0", "--num_samples", "1"],
-    "mam_unetr": ["--max_cases", "2", "--epochs", "1", "--epoch_length", "2", "--num_workers", "0", "--num_samples", "2"],
+    "mam_unetr": ["--max_cases", "2", "--epochs", "1", "--val_interval", "1", "--epoch_length", "2", "--num_workers", "0",
+                  "--num_samples", "2"],
     "salstm": ["--max_cases", "3", "--num_workers", "0", "--epochs", "1", "--batch_size", "2", "--num_samples", "2",
                "--epoch_length", "2"],
 }  # fmt: skip
-TRAINING_ONLY = ("--epochs", "--epoch_length", "--num_samples", "--batch_size")
+TRAINING_ONLY = ("--epochs", "--val_interval", "--epoch_length", "--num_samples", "--batch_size")
 
 
 def readme_commands() -> list[str]:

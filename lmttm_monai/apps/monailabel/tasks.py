@@ -251,6 +251,15 @@ class SegmentationBundleTrainTask(BundleTrainTask):
             value = self._request.get(key)
             if value not in (None, "", 0, "0"):
                 overrides[key] = cast(value)
+        # MONAI Label sets the trainer's max_epochs, not the bundle's epochs: what reads epochs (the length of a
+        # cosine learning-rate schedule) must follow it, and so must validation, which alone writes models/model.pt
+        # (mam_unetr validates every 4 epochs; a 2-epoch fine-tune would otherwise never write new weights)
+        max_epochs = int(overrides.get(self.const.key_train_trainer_max_epochs()) or 0)
+        if max_epochs > 0:
+            overrides["epochs"] = max_epochs
+            val_interval = self.bundle_config.get("val_interval")
+            if isinstance(val_interval, int) and val_interval > max_epochs:
+                overrides["val_interval"] = max_epochs
         logger.info(f"{self.bundle_name}: bundle overrides {sorted(overrides)}")
         return overrides
 
