@@ -114,6 +114,14 @@ def _band(series: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray, np
     return np.array(keep) + 1, mean, low, high
 
 
+def _validation_interval(curve: Sequence[float], train_loss: Sequence[float]) -> int:
+    """Epochs between two validations of a run: one loss per epoch and one curve value per validation, so their
+    ratio (mam_unetr validates every 4 epochs; its 50 values belong to epochs 4, 8, ..., 200)."""
+    if not curve or len(train_loss) < len(curve):
+        return 1
+    return max(1, round(len(train_loss) / len(curve)))
+
+
 def curves(out_dir: str | os.PathLike, comparison: Any, path: str | os.PathLike) -> str:
     """Validation metric (left) and training loss (right) per epoch of every arm; returns ``path``.
 
@@ -131,17 +139,20 @@ def curves(out_dir: str | os.PathLike, comparison: Any, path: str | os.PathLike)
     runs = _finished_runs(out_dir, comparison)
     figure = _figure(11.5, 4.3)
     axes = figure.subplots(1, 2)
-    longest, seeds = 0, set()
+    longest, seeds, intervals = 0, set(), set()
     for arm in comparison.arms:
         colour, finished = _arm_colour(comparison, arm), runs[arm.label]
         if not finished:
             continue
         seeds.update(r.get("seed") for _, r in finished)
         series = ([r.get("curve", []) for _, r in finished], [_train_loss(d, r) for d, r in finished])
-        for ax, values in zip(axes, series):
+        interval = _validation_interval(series[0][0], series[1][0])
+        intervals.add(interval)
+        for ax, values, step in zip(axes, series, (interval, 1)):
             epochs, mean, low, high = _band(values)
             if not len(epochs):
                 continue
+            epochs = epochs * step  # the validation curve's values belong to every interval-th epoch
             longest = max(longest, int(epochs[-1]))
             marker = "o" if len(epochs) <= 20 else None  # a few epochs: show the points, not only a segment
             ax.plot(epochs, mean, color=colour, marker=marker, markersize=3.5, label=f"{arm.label} ({len(finished)})")
@@ -160,7 +171,8 @@ def curves(out_dir: str | os.PathLike, comparison: Any, path: str | os.PathLike)
             ax.legend(fontsize=8, title="arm (seeds)", title_fontsize=8)
         else:
             ax.text(0.5, 0.5, "no values logged", ha="center", va="center", transform=ax.transAxes, color="0.4")
-    axes[0].set_title(f"validation {comparison.curve} after each epoch")
+    every = f"every {intervals.pop()} epochs" if len(intervals) == 1 and 1 not in intervals else "each epoch"
+    axes[0].set_title(f"validation {comparison.curve} after {every}")
     axes[1].set_title("training loss")
     note = "" if fifth else " (under 5 epochs: no last fifth to mark)"
     figure.suptitle(f"{comparison.bundle}: mean over seeds {sorted(seeds)}, band min-max{note}", fontsize=11)

@@ -79,6 +79,24 @@ def test_a_comparison_without_a_finished_run_gets_no_figures_and_a_line_saying_s
     assert "![" not in table and not (tmp_path / "figures").exists()
 
 
+def test_a_curve_validated_every_4_epochs_is_drawn_at_those_epochs_not_at_its_index(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from lmttm_monai import figures, results
+
+    # mam_unetr validates every 4 epochs: 5 values over 20 epochs belong to epochs 4, 8, ..., 20
+    record = {"arm": "MAM-UNETR", "seed": 0, "curve": [0.1, 0.2, 0.3, 0.4, 0.5], "train_loss": [1.0] * 20}
+    (tmp_path / "mam-unetr" / "seed0").mkdir(parents=True)
+    (tmp_path / "mam-unetr" / "seed0" / "run.json").write_text(json.dumps(record))
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda figure, path: drawn.append(figure) or str(path))
+    comparison = results._select_arms(results._comparison("mam_unetr"), ["MAM-UNETR"])
+    figures.curves(tmp_path, comparison, tmp_path / "curves.png")
+    validation, loss = drawn[0].axes[:2]
+    assert list(validation.lines[0].get_xdata()) == [4, 8, 12, 16, 20]
+    assert list(loss.lines[0].get_xdata()) == list(range(1, 21))
+    assert validation.get_title().endswith("after every 4 epochs")
+
+
 @pytest.mark.slow
 def test_a_classification_run_draws_curves_roc_confusion_and_memory_pictures_linked_from_results_md(
     medmnist_dir, tmp_path
