@@ -104,6 +104,23 @@ def test_plain_unetr_baseline_is_one_override():
     assert default.get_parsed_content("network_def").transmission == "sts"
 
 
+def test_both_arms_start_from_the_same_weights_under_one_seed():
+    # The results table pairs MAM-UNETR and UNETR per seed: that pairing is only fair if the memory adds no
+    # parameters and does not shift the random stream, so that one seed gives both arms the same initial weights.
+    from monai.utils import set_determinism
+
+    states = []
+    for files in ([TRAIN], [TRAIN, PLAIN]):
+        parser = ConfigParser()
+        parser.read_config(files)
+        set_determinism(seed=parser["seed"])  # what the bundle's initialize does before the network is built
+        states.append(parser.get_parsed_content("network_def").state_dict())
+    set_determinism(seed=None)
+    mam, plain = states
+    assert mam.keys() == plain.keys()
+    assert [k for k in mam if not torch.equal(mam[k], plain[k])] == []
+
+
 def test_ckpt_export_writes_torchscript_with_the_eager_output(run_dirs):
     root, _, _ = run_dirs
     assert_export_matches_eager(root / "models", CONFIGS / "metadata.json", [INFERENCE], torch.randn(2, 3, 96, 96))
