@@ -83,6 +83,22 @@ def one_line(error: BaseException) -> str:
     return f"{type(cause).__name__}: {message}" if message else type(cause).__name__
 
 
+def _hash_kept(args: list[str]) -> list[str]:
+    """``args`` with each value that holds a ``#`` quoted, so that fire passes it whole.
+
+    fire reads a value as a Python literal, and in Python ``#`` starts a comment: ``--override loss#weight=None``
+    would reach the command as ``"loss"``. A flag's name (``--loss#weight``) is left as it is; so is a value
+    already in quotes.
+    """
+    kept = []
+    for arg in args:
+        name, sep, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
+        if "#" in value and value[:1] not in ("'", '"'):
+            value = repr(value)
+        kept.append(f"{name}{sep}{value}" if name else value)
+    return kept
+
+
 def fire_one_line(
     component: object, argv: list[str] | None, prog: str, usage_name: str | None = None, debug: bool | None = None
 ) -> None:
@@ -97,8 +113,9 @@ def fire_one_line(
 
     import fire
 
+    args = _hash_kept(sys.argv[1:] if argv is None else argv)
     try:
-        fire.Fire(component, command=argv, name=usage_name or prog)
+        fire.Fire(component, command=args, name=usage_name or prog)
     except Exception as error:
         if debug_enabled() if debug is None else debug:
             raise

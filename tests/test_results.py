@@ -47,3 +47,12 @@ def test_an_unknown_comparison_or_arm_is_one_line_naming_the_choices(tmp_path):
     )
     arm = results("run", "lmttm", "--out", str(tmp_path), "--arms", "vit")
     assert arm.returncode == 1 and arm.stderr.strip().splitlines()[-1].endswith("choose from lmttm, ttm, ttm-scenic, 3d-resnet-18, lmttm-paper")
+
+
+def test_an_override_of_a_nested_key_reaches_the_command_whole_not_cut_at_the_hash(tmp_path):
+    # fire reads values as Python, where # starts a comment: unprotected, loss#weight arrives as "loss"
+    cut = results("run", "lmttm", "--out", str(tmp_path), "--arms", "lmttm", "--override", "loss#weight")
+    assert cut.returncode == 1
+    assert cut.stderr.strip().splitlines()[-1] == (
+        "lmttm_monai.results: error: override 'loss#weight' is not key=value (for example epochs=50)"
+    )
