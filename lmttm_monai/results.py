@@ -113,7 +113,9 @@ def _display(command: list[str]) -> str:
 
 
 def _override_args(overrides: dict[str, str]) -> list[str]:
-    return [part for key, value in overrides.items() for part in (f"--{key}", str(value))]
+    # monai.bundle run drops a keyword whose value is None, so loss#weight=None would leave the weight in place;
+    # the expression $None sets it
+    return [part for key, value in overrides.items() for part in (f"--{key}", "$None" if value == "None" else value)]
 
 
 def _read_metrics(path: Path) -> dict[str, float]:

@@ -39,6 +39,19 @@ def test_arms_run_one_call_each_share_one_table_and_a_rerun_repeats_no_finished_
     assert json.loads((tmp_path / "comparison.json").read_text())["arms"] == ["LMTTM", "TTM"]
 
 
+def test_an_override_to_none_sets_none_in_the_bundle_instead_of_being_dropped(tmp_path):
+    from lmttm_monai.results import _override_args
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"loss": {"weight": [1.0, 2.0]}, "check": "$print('weight is', @loss#weight)"}))
+    command = [sys.executable, "-m", "monai.bundle", "run", "check", "--config_file", str(config)]
+    given = subprocess.run([*command, *_override_args({"loss#weight": "None"})], capture_output=True, text=True)
+    assert given.returncode == 0, given.stderr[-3000:]
+    assert "weight is None" in given.stdout
+    kept = subprocess.run([*command, *_override_args({"loss#weight": "[3.0, 4.0]"})], capture_output=True, text=True)
+    assert "weight is [3.0, 4.0]" in kept.stdout  # any other value reaches the config as written
+
+
 def test_an_unknown_comparison_or_arm_is_one_line_naming_the_choices(tmp_path):
     unknown = results("run", "nope", "--out", str(tmp_path))
     assert unknown.returncode == 1
