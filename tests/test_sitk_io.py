@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -350,3 +352,27 @@ def test_mam_swinunetr_predicts_the_same_from_every_format_and_writes_it_in_the_
     assert set(np.unique(predictions[0])) <= {0, 1, 2}
     for other in predictions[1:]:
         np.testing.assert_array_equal(other, predictions[0])
+
+
+def test_training_reads_the_hippocampus_without_simpleitk_imported_only_on_first_use(hippocampus_dir, tmp_path):
+    # a machine without SimpleITK (the GPU image of .ci/device-run.sh): an import of it fails there as it does here
+    (tmp_path / "SimpleITK").mkdir()
+    (tmp_path / "SimpleITK" / "__init__.py").write_text("raise ImportError('SimpleITK is not installed here')\n")
+    script = f"""
+from monai.bundle import ConfigParser
+import lmttm_monai.data, lmttm_monai.results
+parser = ConfigParser()
+parser.read_config({str(REPO_ROOT / "bundles" / "mam_swinunetr" / "configs" / "train.json")!r})
+parser["dataset_dir"] = {str(hippocampus_dir)!r}
+item = parser.get_parsed_content("train#preprocessing")(parser.get_parsed_content("train#dataset#data")[0])
+print("image", tuple(item[0]["image"].shape) if isinstance(item, list) else tuple(item["image"].shape))
+try:
+    import SimpleITK
+except ImportError as e:
+    print("no SimpleITK:", e)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)])}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "no SimpleITK: SimpleITK is not installed here" in done.stdout
+    assert "image (1, 32, 64, 32)" in done.stdout  # one crop of roi_size, read by nibabel

@@ -24,15 +24,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 from monai.config import DtypeLike, KeysCollection, NdarrayOrTensor, PathLike
 from monai.data import ImageReader, ImageWriter, MetaTensor, register_writer, resolve_writer
 from monai.data.image_writer import SUPPORTED_WRITERS
 from monai.data.utils import affine_to_spacing, is_no_channel, orientation_ras_lps, to_affine_nd
 from monai.transforms import MapTransform, SaveImage
-from monai.utils import ImageMetaKey, MetaKeys, SpaceKeys, convert_data_type, ensure_tuple, get_equivalent_dtype
+from monai.utils import (
+    ImageMetaKey,
+    MetaKeys,
+    SpaceKeys,
+    convert_data_type,
+    ensure_tuple,
+    get_equivalent_dtype,
+    optional_import,
+)
 
 from lmttm_monai.data.saving import AtomicSaveImage
+
+# imported on first use, so that training and evaluation, which read NIfTI with nibabel, run without SimpleITK
+sitk, _ = optional_import("SimpleITK")
 
 __all__ = [
     "SIMPLEITK_READ_SUFFIXES",

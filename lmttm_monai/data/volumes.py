@@ -19,12 +19,14 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 from monai.transforms import LoadImage
-from monai.utils import convert_data_type
+from monai.utils import convert_data_type, optional_import
 from PIL import Image
 
 from lmttm_monai.data.sitk_io import SimpleITKReader, _itk_warnings_off, _one_line, is_dicom_series_dir
+
+# imported on first use, so that training and evaluation, which read NIfTI with nibabel, run without SimpleITK
+sitk, _ = optional_import("SimpleITK")
 
 __all__ = [
     "IMAGE_2D_SUFFIXES",
