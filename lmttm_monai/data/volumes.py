@@ -20,13 +20,10 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from monai.transforms import LoadImage
-from monai.utils import convert_data_type, optional_import
+from monai.utils import convert_data_type
 from PIL import Image
 
-from lmttm_monai.data.sitk_io import SimpleITKReader, _itk_warnings_off, _one_line, is_dicom_series_dir
-
-# imported on first use, so that training and evaluation, which read NIfTI with nibabel, run without SimpleITK
-sitk, _ = optional_import("SimpleITK")
+from lmttm_monai.data.sitk_io import SimpleITKReader, _itk_warnings_off, _one_line, is_dicom_series_dir, sitk
 
 __all__ = [
     "IMAGE_2D_SUFFIXES",
