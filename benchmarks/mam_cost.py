@@ -11,6 +11,11 @@ per-block tensor would grow).
 
     python benchmarks/mam_cost.py                      # all configurations, CPU or the first GPU
     python benchmarks/mam_cost.py --configs unetr2d --repeats 20
+    python benchmarks/mam_cost.py --windows "[7,4]"  # the bundle's MAM-SwinUNETR at two window sizes
+
+``--windows`` instead times the mam_swinunetr bundle's network (ISTS) at each window size, the same way: on its
+32 x 64 x 32 crops the first stage is 16 x 32 x 16 tokens, which a window of 7 pads to 21 x 35 x 21 (the padding
+is computed and masked out) and a window of 4 tiles exactly.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ CONFIGS = {
         (4, 3, 96, 96),
     ),  # fmt: skip
     # the mam_swinunetr bundle's 3D network and training crops
-    "swinunetr3d": (MemorySwinUNETR, {"in_channels": 1, "out_channels": 3, "feature_size": 12}, (2, 1, 32, 64, 32)),
+    "swinunetr3d": (
+        MemorySwinUNETR, {"in_channels": 1, "out_channels": 3, "feature_size": 12, "window_size": 4}, (2, 1, 32, 64, 32)
+    ),
     "swinunetr2d": (
         MemorySwinUNETR,
         {"in_channels": 3, "out_channels": 2, "feature_size": 24, "spatial_dims": 2},
@@ -108,18 +115,49 @@ def compare(name: str, repeats: int, warmup: int, device: torch.device) -> dict:
     }
 
 
-def main(configs: str | tuple = tuple(CONFIGS), repeats: int = 10, warmup: int = 2, device: str = "") -> None:
-    """Print a markdown table, one row per configuration (``configs``: names from ``CONFIGS``)."""
+def compare_windows(sizes: list[int], repeats: int, warmup: int, device: torch.device) -> list[dict]:
+    """Median step time of the swinunetr3d configuration (ISTS) at each window size, interleaved rounds."""
+    _, kwargs, shape = CONFIGS["swinunetr3d"]
+    torch.manual_seed(0)
+    nets = {w: MemorySwinUNETR(**{**kwargs, "window_size": w}).to(device) for w in sizes}
+    x = torch.randn(*shape, device=device)
+    times: dict[int, list[float]] = {w: [] for w in nets}
+    for i in range(warmup + repeats):
+        for w in sizes if i % 2 == 0 else reversed(sizes):
+            seconds, _ = step(nets[w], x, device)
+            if i >= warmup:
+                times[w].append(seconds)
+    first = sizes[0]
+    return [
+        {"window": str(w), "input": "x".join(map(str, shape)), "params": f"{sum(p.numel() for p in net.parameters()):,}",
+         "median step (s)": f"{statistics.median(times[w]):.4f}",
+         f"speed-up over window {first} (paired, median)":
+             f"{statistics.median(a / b for a, b in zip(times[first], times[w])):.2f}"}
+        for w, net in nets.items()
+    ]  # fmt: skip
+
+
+def main(
+    configs: str | tuple = tuple(CONFIGS), repeats: int = 10, warmup: int = 2, device: str = "", windows: tuple = ()
+) -> None:
+    """Print a markdown table, one row per configuration (``configs``: names from ``CONFIGS``), or with ``windows``
+    one row per window size of the mam_swinunetr network (module docstring)."""
     names = [configs] if isinstance(configs, str) else list(configs)
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise ValueError(f"unknown configuration(s) {unknown}; choose from {list(CONFIGS)}.")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     label = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"Memory-Attention vs self-attention, forward+backward, {repeats} interleaved rounds, {label}, "
+    what = "MAM-SwinUNETR window sizes" if windows else "Memory-Attention vs self-attention"
+    print(f"{what}, forward+backward, {repeats} interleaved rounds, {label}, "
           f"torch {torch.__version__}")  # fmt: skip
     rows = []
-    for name in names:
+    if windows:
+        sizes = [int(w) for w in (windows if isinstance(windows, (tuple, list)) else [windows])]
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise ValueError(f"--windows needs two or more positive window sizes, got {windows!r}.")
+        rows = compare_windows(sizes, repeats, warmup, dev)
+    for name in [] if windows else names:
         rows.append(compare(name, repeats, warmup, dev))
         print(f"  done: {name}", flush=True)
     header = list(rows[0])
