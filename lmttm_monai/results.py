@@ -65,7 +65,8 @@ COMPARISONS = {
     "lmttm": Comparison(
         "lmttm",
         (Arm("LMTTM"), Arm("TTM", ("ttm.json",)), Arm("TTM scenic", ("ttm_scenic.json",)),
-         Arm("3D ResNet-18", ("resnet18.json",)), Arm("LMTTM paper", ("lmttm_paper.json",))),  # fmt: skip
+         Arm("3D ResNet-18", ("resnet18.json",)), Arm("LMTTM paper", ("lmttm_paper.json",)),
+         Arm("3D DenseNet-121 (64³)", ("densenet121.json",))),  # fmt: skip
         ("test_acc", "test_auc"),
         "val_auc",
         data_folder="medmnist",

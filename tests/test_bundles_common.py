@@ -17,12 +17,15 @@ from conftest import REPO_ROOT, require_path
 BUNDLES = REPO_ROOT / "bundles"
 # bundle -> the overlays that change its network (each must still fit the metadata's input and output)
 NETWORK_OVERLAYS = {
-    "lmttm": ["ttm.json", "ttm_scenic.json", "resnet18.json"],
+    "lmttm": ["ttm.json", "ttm_scenic.json", "resnet18.json", "densenet121.json"],
     "mam_swinunetr": ["swinunetr.json", "sts.json"],
     "mam_unetr": ["unetr.json"],
     "salstm": ["lstmsa.json", "unet.json", "unet_context.json"],
 }
 # keys that training and inference must agree on, where the bundle has them
+# overlays that also set the input size: the metadata's spatial_shape is the default network's, so
+# verify_net_in_out is given the overlay's own (MONAI's DenseNet-121 pools 28^3 down to nothing)
+OVERLAY_INPUT_SHAPE = {"densenet121.json": [64, 64, 64]}
 SHARED_KEYS = ("bundle_root", "ckpt_dir", "output_dir", "dataset_dir", "dataset_name", "image_size", "num_classes",
                "roi_size", "split_ratios", "split_seed", "val_cases")  # fmt: skip
 
@@ -73,8 +76,14 @@ def test_metadata_passes_verify_metadata_and_has_a_changelog_entry_for_its_versi
 def test_network_passes_verify_net_in_out(name, overlay):
     configs = BUNDLES / name / "configs"
     files = [str(configs / "inference.json")] + ([str(configs / overlay)] if overlay else [])
+    shape = ["--_meta_#network_data_format#inputs#image#spatial_shape", str(OVERLAY_INPUT_SHAPE[overlay])] \
+        if overlay in OVERLAY_INPUT_SHAPE else []  # fmt: skip
     bundle("verify_net_in_out", "network_def", "--meta_file", str(configs / "metadata.json"),
-           "--config_file", config_list(*files), "--n", "2")  # fmt: skip
+           "--config_file", config_list(*files), "--n", "2", *shape)  # fmt: skip
+    if overlay in OVERLAY_INPUT_SHAPE:  # the overlay trains and infers at the size it was verified at
+        parser = ConfigParser()
+        parser.read_config(files)
+        assert [parser["image_size"]] * 3 == OVERLAY_INPUT_SHAPE[overlay]
 
 
 @pytest.mark.parametrize("name", sorted(NETWORK_OVERLAYS))

@@ -59,7 +59,9 @@ def test_an_unknown_comparison_or_arm_is_one_line_naming_the_choices(tmp_path):
         "lmttm_monai.results: error: unknown comparison 'nope'; choose one of lmttm, mam_swinunetr, mam_unetr, salstm"
     )
     arm = results("run", "lmttm", "--out", str(tmp_path), "--arms", "vit")
-    assert arm.returncode == 1 and arm.stderr.strip().splitlines()[-1].endswith("choose from lmttm, ttm, ttm-scenic, 3d-resnet-18, lmttm-paper")
+    assert arm.returncode == 1 and arm.stderr.strip().splitlines()[-1].endswith(
+        "choose from lmttm, ttm, ttm-scenic, 3d-resnet-18, lmttm-paper, 3d-densenet-121-64"
+    )
 
 
 def test_an_override_of_a_nested_key_reaches_the_command_whole_not_cut_at_the_hash(tmp_path):
