@@ -1,0 +1,80 @@
+"""docs/results.md reports what the raw runs in docs/results/ hold.
+
+Each folder of ``docs/results/`` keeps the ``run.json`` of every reported run as ``<arm>-seed<N>.json``. For each
+arm, the mean ± sample std over its seeds of both test metrics must appear in docs/results.md written the way the
+document writes them (.8293 ± .0017 for a score, 1.40 ± 0.07 for a distance): a number edited by hand, or a seed
+added without rewriting the table, fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+
+RAW = REPO_ROOT / "docs" / "results"
+RESULTS_MD = REPO_ROOT / "docs" / "results.md"
+
+
+def arms() -> dict[str, list[dict]]:
+    groups = defaultdict(list)
+    for path in sorted(RAW.glob("*/*-seed*.json")):
+        arm = re.sub(r"-seed\d+\.json$", "", path.name)
+        groups[f"{path.parent.name}/{arm}"].append(json.loads(path.read_text()))
+    return dict(groups)
+
+
+def as_written(values: list[float]) -> str:
+    """Mean ± sample std the way docs/results.md writes it: scores below 1 as .xxxx, distances with 2 decimals."""
+    mean, std = float(np.mean(values)), float(np.std(values, ddof=1))
+    if abs(mean) < 1:
+        return f"{mean:.4f} ± {std:.4f}".replace("0.", ".")
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def test_as_written_matches_the_documents_spelling():
+    assert as_written([0.8298, 0.8274, 0.8307]) == ".8293 ± .0017"
+    assert as_written([1.3817, 1.3304, 1.4744]) == "1.40 ± 0.07"
+
+
+def test_the_raw_runs_are_found_with_several_seeds_per_arm():
+    found = arms()
+    assert "lmttm_adrenalmnist3d_28/lmttm" in found and "salstm_hippocampus/salstm" in found
+    assert all(len(runs) >= 2 for runs in found.values()), {k: len(v) for k, v in found.items()}
+
+
+@pytest.mark.parametrize("arm", sorted(arms()))
+def test_each_arms_mean_and_std_over_its_seeds_is_the_one_docs_results_reports(arm):
+    runs = arms()[arm]
+    text = RESULTS_MD.read_text()
+    for metric in runs[0]["metrics"]:
+        written = as_written([r["metrics"][metric] for r in runs])
+        assert written in text, f"{arm}: {metric} over seeds {[r['seed'] for r in runs]} is {written}, not in {RESULTS_MD.name}"
+
+
+# each bundle's model card reports its default config's runs; the folder/arm of docs/results/ that holds them
+DEFAULT_RUNS = {
+    "lmttm": "lmttm_adrenalmnist3d_28/lmttm",
+    "mam_swinunetr": "mam_swinunetr_hippocampus/mam-swinunetr-ists",
+    "mam_unetr": "mam_unetr_drive_400epochs/mam-unetr",
+    "salstm": "salstm_hippocampus/salstm",
+}
+
+
+def test_every_bundle_has_its_default_runs_named():
+    assert sorted(DEFAULT_RUNS) == sorted(p.name for p in (REPO_ROOT / "bundles").iterdir() if p.is_dir())
+
+
+@pytest.mark.parametrize("bundle", sorted(DEFAULT_RUNS))
+def test_each_model_card_reports_its_default_configs_score_over_at_least_3_seeds_from_the_raw_runs(bundle):
+    runs = arms()[DEFAULT_RUNS[bundle]]
+    assert len({r["seed"] for r in runs}) >= 3
+    first_metric = next(iter(runs[0]["metrics"]))
+    written = as_written([r["metrics"][first_metric] for r in runs])
+    card = REPO_ROOT / "bundles" / bundle / "docs" / "README.md"
+    assert written in card.read_text(), f"{card.relative_to(REPO_ROOT)} does not report {first_metric} {written}"
