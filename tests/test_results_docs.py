@@ -78,3 +78,11 @@ def test_each_model_card_reports_its_default_configs_score_over_at_least_3_seeds
     written = as_written([r["metrics"][first_metric] for r in runs])
     card = REPO_ROOT / "bundles" / bundle / "docs" / "README.md"
     assert written in card.read_text(), f"{card.relative_to(REPO_ROOT)} does not report {first_metric} {written}"
+
+
+@pytest.mark.parametrize("bundle", sorted(DEFAULT_RUNS))
+def test_each_bundles_metadata_eval_metrics_are_the_mean_of_its_default_runs(bundle):
+    runs = arms()[DEFAULT_RUNS[bundle]]
+    meta = json.loads((REPO_ROOT / "bundles" / bundle / "configs" / "metadata.json").read_text())
+    means = {m: round(float(np.mean([r["metrics"][m] for r in runs])), 4) for m in runs[0]["metrics"]}
+    assert meta.get("eval_metrics") == means
