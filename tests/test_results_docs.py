@@ -60,7 +60,8 @@ def test_each_arms_mean_and_std_over_its_seeds_is_the_one_docs_results_reports(a
     text = RESULTS_MD.read_text()
     for metric in runs[0]["metrics"]:
         written = as_written([r["metrics"][metric] for r in runs])
-        assert written in text, f"{arm}: {metric} over seeds {[r['seed'] for r in runs]} is {written}, not in {RESULTS_MD.name}"
+        seeds = [r["seed"] for r in runs]
+        assert written in text, f"{arm}: {metric} over seeds {seeds} is {written}, not in {RESULTS_MD.name}"
 
 
 # each bundle's model card reports its default config's runs; the folder/arm of docs/results/ that holds them
