@@ -17,7 +17,9 @@ with neither cache (the plain read and write), MONAI's 3D ResNet-18 on the same 
 self-attention in the ``mam_unetr`` and ``mam_swinunetr`` bundles' networks at their training patch size. With
 ``--authors PATH`` (a checkout of https://github.com/WHKai666666/LMTTM-VMI, imported from there at run time and
 never copied) the authors' own LMTTM joins as the speed reference. ``--data`` also measures, through a bundle's
-real training loop, the fraction of each step spent waiting for data.
+real training loop, the fraction of each step spent waiting for data. ``--compile lmttm_authors_config`` also times
+the named cases under ``torch.compile`` (as ``<case>_compiled``, compiled during the warm-up, which is not timed),
+with their ratio to the eager case in the same rounds.
 
     python -m lmttm_monai.bench --authors ~/src/LMTTM-VMI --data lmttm,mam_unetr --out docs/benchmarks.md
 """
@@ -73,6 +75,18 @@ class Case:
     classes: int
     forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] = lambda net, x: net(x)
     note: str = ""
+
+
+def compiled_case(case: Case, backend: str = "inductor") -> Case:
+    """``case`` with its network wrapped by ``torch.compile``: the same computation, timed as ``<name>_compiled``.
+
+    Its FLOPs, and on a CPU its memory, are counted on the eager network inside the wrapper (a compiled graph runs
+    fused kernels that neither the FLOP counter nor the saved-tensor hooks see).
+    """
+    note = f"torch.compile ({backend}); FLOPs counted on the eager network"
+    return Case(f"{case.name}_compiled", f"{case.label}, torch.compile", case.batch,
+                lambda b: torch.compile(case.build(b), backend=backend), case.input_shape, case.classes,
+                case.forward, "; ".join(n for n in (case.note, note) if n))  # fmt: skip
 
 
 def _bundle_network(bundle: str, *overlays: str, **network_overrides) -> nn.Module:
@@ -245,9 +259,18 @@ class _Runner:
         from torch.utils.flop_counter import FlopCounterMode
 
         counter = FlopCounterMode(display=False)
-        with counter:
+        with counter, self._eager():
             self.step()
         return counter.get_total_flops()
+
+    @contextlib.contextmanager
+    def _eager(self) -> Iterator[None]:
+        """Run ``step`` on the eager network inside a ``torch.compile`` wrapper (same parameters and optimizer)."""
+        compiled, self.net = self.net, getattr(self.net, "_orig_mod", self.net)
+        try:
+            yield
+        finally:
+            self.net = compiled
 
     def memory_bytes(self) -> int:
         if self.device.type == "cuda":
@@ -267,7 +290,7 @@ class _Runner:
 
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with self._eager(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = self.loss()
         loss.backward()
         self.optimizer.zero_grad(set_to_none=True)
@@ -349,6 +372,8 @@ def run(
     batch: int | None = None,
     overwrite: bool = False,
     from_json: str | None = None,
+    compile: str | tuple = "",
+    compile_backend: str = "inductor",
 ) -> str:
     """Measure the cases and write ``out`` (markdown) and the same path with ``.json``; returns the markdown path.
 
@@ -365,6 +390,9 @@ def run(
         batch: the training batch of every case instead of its own (a quick check; the report says so).
         overwrite: replace an existing report.
         from_json: write the markdown from an earlier run's JSON report instead of measuring.
+        compile: comma-separated cases also timed under ``torch.compile`` (``<case>_compiled``), each paired with
+            its eager case in the ratios.
+        compile_backend: the ``torch.compile`` backend (``inductor``; ``aot_eager`` traces without generating code).
     """
     out_path = Path(out).expanduser()
     if out_path.exists() and not overwrite:
@@ -381,13 +409,21 @@ def run(
     if threads:
         torch.set_num_threads(int(threads))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    to_compile = [n.strip() for n in (compile.split(",") if isinstance(compile, str) else compile) if str(n).strip()]
+    if "authors_lmttm" in to_compile:
+        raise BenchError("authors_lmttm cannot be compiled here: the speed reference is their code as published")
     available = cases(authors)
     wanted = [n.strip() for n in (only.split(",") if isinstance(only, str) else only) if str(n).strip()]
     wanted = wanted or [n for n in CASES if n in available]
-    unknown = [n for n in wanted if n not in available]
+    unknown = [n for n in wanted + to_compile if n not in available]
     if unknown:
         hint = " (authors_lmttm needs --authors PATH)" if "authors_lmttm" in unknown else ""
         raise BenchError(f"unknown case(s) {', '.join(unknown)}{hint}; choose from {', '.join(available)}")
+    pairs = list(PAIRS)
+    for name in to_compile:
+        available[f"{name}_compiled"] = compiled_case(available[name], compile_backend)
+        wanted += [n for n in (name, f"{name}_compiled") if n not in wanted]
+        pairs.append((f"{name}_compiled", name))
     from tqdm import tqdm
 
     # first: it needs the datasets, and a missing one should fail before minutes of timing
@@ -423,7 +459,7 @@ def run(
             "fraction_of_matmul_peak": flops / step / 1e9 / peak, "memory_mib": runner.memory_bytes() / 2**20,
         }  # fmt: skip
     ratios = {}
-    for fast, slow in PAIRS:
+    for fast, slow in pairs:
         if fast in times and slow in times:
             per_round = [times[slow]["step"][i] / times[fast]["step"][i] for i in range(int(rounds))]
             ratios[f"{fast} / {slow}"] = {"median": statistics.median(per_round), "rounds": per_round}

@@ -59,3 +59,30 @@ def test_goal_line_says_met_or_by_how_much_it_is_missed_and_that_the_other_devic
     other = "cpu (1.5x)" if device.startswith("cuda") else "cuda (3x)"
     assert f"Speed goal on {other}: not measured by this run" in text
     assert "(0.67 of theirs)" in text and "about the same rate" in text
+
+
+def test_a_compiled_case_computes_what_the_eager_case_does_and_is_timed_beside_it(tmp_path):
+    import torch
+
+    eager = bench.cases()["lmttm"]
+    # aot_eager: dynamo traces the network and autograd as inductor would see them, without generating C++
+    compiled = bench.compiled_case(eager, backend="aot_eager")
+    net, twin = eager.build(2).eval(), compiled.build(2).eval()
+    twin._orig_mod.load_state_dict(net.state_dict())
+    x = torch.rand(2, 1, 28, 28, 28, generator=torch.Generator().manual_seed(0))
+    net(x).square().sum().backward()
+    twin(x).square().sum().backward()
+    with torch.no_grad():
+        assert torch.allclose(twin(x), net(x), atol=1e-5)
+    for (name, p), q in zip(net.named_parameters(), twin._orig_mod.parameters()):
+        assert p.grad is not None and torch.allclose(q.grad, p.grad, atol=1e-5, rtol=1e-4), name
+    out = tmp_path / "benchmarks.md"
+    bench.run(out=str(out), rounds=2, only="lmttm", compile="lmttm", compile_backend="aot_eager", batch=2)
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert list(report["cases"]) == ["lmttm", "lmttm_compiled"]
+    assert report["cases"]["lmttm_compiled"]["step_gflop_per_sample"] == pytest.approx(
+        report["cases"]["lmttm"]["step_gflop_per_sample"])
+    assert len(report["ratios"]["lmttm_compiled / lmttm"]["rounds"]) == 2
+    assert "| LMTTM (lmttm bundle), torch.compile | 2 |" in out.read_text()
+    with pytest.raises(bench.BenchError, match="authors_lmttm cannot be compiled"):
+        bench.run(out=str(tmp_path / "c.md"), only="lmttm", compile="authors_lmttm")
