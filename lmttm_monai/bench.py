@@ -81,9 +81,9 @@ def compiled_case(case: Case, backend: str = "inductor") -> Case:
     """``case`` with its network wrapped by ``torch.compile``: the same computation, timed as ``<name>_compiled``.
 
     Its FLOPs, and on a CPU its memory, are counted on the eager network inside the wrapper (a compiled graph runs
-    fused kernels that neither the FLOP counter nor the saved-tensor hooks see).
+    fused kernels that neither the FLOP counter nor the saved-tensor hooks see); its times are the compiled ones.
     """
-    note = f"torch.compile ({backend}); FLOPs counted on the eager network"
+    note = f"torch.compile ({backend}); FLOPs and, on a CPU, memory counted on the eager network"
     return Case(f"{case.name}_compiled", f"{case.label}, torch.compile", case.batch,
                 lambda b: torch.compile(case.build(b), backend=backend), case.input_shape, case.classes,
                 case.forward, "; ".join(n for n in (case.note, note) if n))  # fmt: skip
