@@ -409,11 +409,11 @@ def run(
     if threads:
         torch.set_num_threads(int(threads))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    to_compile = [n.strip() for n in (compile.split(",") if isinstance(compile, str) else compile) if str(n).strip()]
+    to_compile = _names(compile)
     if "authors_lmttm" in to_compile:
         raise BenchError("authors_lmttm cannot be compiled here: the speed reference is their code as published")
     available = cases(authors)
-    wanted = [n.strip() for n in (only.split(",") if isinstance(only, str) else only) if str(n).strip()]
+    wanted = _names(only)
     wanted = wanted or [n for n in CASES if n in available]
     unknown = [n for n in wanted + to_compile if n not in available]
     if unknown:
@@ -427,8 +427,7 @@ def run(
     from tqdm import tqdm
 
     # first: it needs the datasets, and a missing one should fail before minutes of timing
-    data_rows = [data_wait(b.strip(), int(data_iterations))
-                 for b in (data.split(",") if isinstance(data, str) else data) if str(b).strip()]  # fmt: skip
+    data_rows = [data_wait(b, int(data_iterations)) for b in _names(data)]
     peak_before = matmul_peak(dev)
     runners = {}
     for name in tqdm(wanted, desc="build and warm up"):
@@ -470,6 +469,12 @@ def run(
         with atomic_path(path) as tmp:
             Path(tmp).write_text(text)
     return str(out_path)
+
+
+def _names(value: str | tuple) -> list[str]:
+    """``"a,b"`` or a sequence (fire passes ``--only a,b`` as a tuple) -> ``["a", "b"]``, blanks dropped."""
+    items = value.split(",") if isinstance(value, str) else value
+    return [str(n).strip() for n in items if str(n).strip()]
 
 
 def _command() -> str:
