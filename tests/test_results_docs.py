@@ -68,7 +68,7 @@ def test_each_arms_mean_and_std_over_its_seeds_is_the_one_docs_results_reports(a
 DEFAULT_RUNS = {
     "lmttm": "lmttm_adrenalmnist3d_28/lmttm",
     "mam_swinunetr": "mam_swinunetr_hippocampus/mam-swinunetr-ists",
-    "mam_unetr": "mam_unetr_drive_lr3e-4/mam-unetr",
+    "mam_unetr": "mam_unetr_drive_600epochs/mam-unetr",
     "salstm": "salstm_hippocampus/salstm",
 }
 
