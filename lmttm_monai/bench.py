@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 
 from lmttm_monai.errors import UserError
+from lmttm_monai.utils import comma_list
 
 __all__ = ["CASES", "PAIRS", "main", "run"]
 
@@ -409,11 +410,11 @@ def run(
     if threads:
         torch.set_num_threads(int(threads))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    to_compile = _names(compile)
+    to_compile = comma_list(compile)
     if "authors_lmttm" in to_compile:
         raise BenchError("authors_lmttm cannot be compiled here: the speed reference is their code as published")
     available = cases(authors)
-    wanted = _names(only)
+    wanted = comma_list(only)
     wanted = wanted or [n for n in CASES if n in available]
     unknown = [n for n in wanted + to_compile if n not in available]
     if unknown:
@@ -427,7 +428,7 @@ def run(
     from tqdm import tqdm
 
     # first: it needs the datasets, and a missing one should fail before minutes of timing
-    data_rows = [data_wait(b, int(data_iterations)) for b in _names(data)]
+    data_rows = [data_wait(b, int(data_iterations)) for b in comma_list(data)]
     peak_before = matmul_peak(dev)
     runners = {}
     for name in tqdm(wanted, desc="build and warm up"):
@@ -469,12 +470,6 @@ def run(
         with atomic_path(path) as tmp:
             Path(tmp).write_text(text)
     return str(out_path)
-
-
-def _names(value: str | tuple) -> list[str]:
-    """``"a,b"`` or a sequence (fire passes ``--only a,b`` as a tuple) -> ``["a", "b"]``, blanks dropped."""
-    items = value.split(",") if isinstance(value, str) else value
-    return [str(n).strip() for n in items if str(n).strip()]
 
 
 def _command() -> str:

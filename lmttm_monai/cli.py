@@ -19,6 +19,7 @@ from typing import Any
 
 from lmttm_monai.errors import UserError, quiet_warnings
 from lmttm_monai.outputs import as_bool
+from lmttm_monai.utils import comma_list
 
 __all__ = ["CLIError", "find_bundle", "main"]
 
@@ -55,10 +56,9 @@ def find_bundle(bundle: str | os.PathLike) -> Path:
 
 
 def _config_files(root: Path, command: str, overlays: Any) -> list[str]:
-    if isinstance(overlays, str):
-        overlays = [o for o in overlays.split(",") if o]
+    overlays = comma_list(overlays)
     files = [root / "configs" / name for name in COMMAND_CONFIGS[command]]
-    for overlay in overlays or []:
+    for overlay in overlays:
         path = Path(overlay) if Path(overlay).is_file() else root / "configs" / str(overlay)
         if not path.is_file():
             available = sorted(p.name for p in (root / "configs").glob("*.json"))

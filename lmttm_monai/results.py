@@ -34,6 +34,7 @@ import numpy as np
 
 from lmttm_monai.errors import UserError
 from lmttm_monai.outputs import atomic_path
+from lmttm_monai.utils import comma_list
 
 __all__ = ["Arm", "COMPARISONS", "Comparison", "main", "run", "table"]
 
@@ -402,11 +403,8 @@ def _figure_lines(out_dir: Path, figures: str | None) -> list[str]:
 def _seeds(seeds) -> list[int]:
     """``"0,1,2"``, one seed (``0``), or a sequence (fire passes ``--seeds 0,1`` as a tuple)."""
     try:
-        if isinstance(seeds, int) and not isinstance(seeds, bool):
-            seeds = [seeds]
-        items = seeds.split(",") if isinstance(seeds, str) else list(seeds)
-        chosen = [int(s) for s in items if str(s).strip()]
-    except (TypeError, ValueError):
+        chosen = [int(s) for s in comma_list(seeds)]
+    except ValueError:
         chosen = []
     if not chosen:
         raise ResultsError(f"seeds must be a count or comma-separated integers (0,1,2), got {seeds!r}")
@@ -414,7 +412,7 @@ def _seeds(seeds) -> list[int]:
 
 
 def _select_arms(comparison: Comparison, arms) -> Comparison:
-    wanted = [a.strip() for a in (arms.split(",") if isinstance(arms, str) else arms or ()) if a.strip()]
+    wanted = comma_list(arms)
     if not wanted:
         return comparison
     chosen = tuple(a for a in comparison.arms if a.label in wanted or a.slug in wanted)

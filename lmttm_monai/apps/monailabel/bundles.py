@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmttm_monai.utils import comma_list
+
 __all__ = [
     "CLASSIFICATION",
     "SEGMENTATION",
@@ -110,7 +112,7 @@ def select_bundles(bundles_dir: str | os.PathLike, models: str | None = "all") -
     if wanted.lower() == "all":
         names = list(available)
     else:
-        names = [n.strip() for n in wanted.split(",") if n.strip()]
+        names = comma_list(wanted)
         unknown = [n for n in names if n not in available]
         if unknown:
             raise ValueError(
