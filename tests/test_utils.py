@@ -9,7 +9,8 @@ from lmttm_monai.utils import comma_list
         ("a,b", ["a", "b"]),
         (" a , ,b, ", ["a", "b"]),  # blanks and padding are dropped
         ("LMTTM", ["LMTTM"]),
-        (("a", "b,c"), ["a", "b", "c"]),  # fire: --only a,b arrives as a tuple
+        (("a", "b"), ["a", "b"]),  # fire: --only a,b arrives as a tuple
+        (["SALSTM", "U-Net, 3 slices"], ["SALSTM", "U-Net, 3 slices"]),  # a list's items are not split again
         ((0, 1), ["0", "1"]),  # fire: --seeds 0,1
         (2, ["2"]),  # fire: --seeds 2
         ("", []),
@@ -31,3 +32,11 @@ def test_results_seeds_are_read_through_comma_list_and_a_non_integer_is_a_one_li
         _seeds("0,x")
     with pytest.raises(ResultsError, match="comma-separated integers"):
         _seeds("")
+
+
+def test_a_results_folder_listing_an_arm_whose_label_holds_a_comma_selects_that_arm():
+    # comparison.json stores the arms' labels as a list; "U-Net, 3 slices" must not become "U-Net" and "3 slices"
+    from lmttm_monai.results import _comparison, _select_arms
+
+    chosen = _select_arms(_comparison("salstm"), ["SALSTM", "U-Net, 3 slices"])
+    assert [a.label for a in chosen.arms] == ["SALSTM", "U-Net, 3 slices"]
