@@ -99,6 +99,32 @@ def _hash_kept(args: list[str]) -> list[str]:
     return kept
 
 
+def _repeated_flag(args: list[str]) -> UserError | None:
+    """The error for a flag given more than once before fire's own ``--`` flags, else None.
+
+    fire keeps only the last value of a repeated flag and says nothing: ``--override epochs=100 --override
+    dataset_dir=D`` would train with the default epochs. The error shows the one flag to give instead, the values
+    joined by commas (the flags that take several values take them that way).
+    """
+    values: dict[str, list[str]] = {}
+    for i, arg in enumerate(args):
+        if arg == "--":  # what follows are fire's own flags (--help, --trace)
+            break
+        if not arg.startswith("--") or len(arg) == 2:
+            continue
+        name, sep, value = arg[2:].partition("=")
+        if not sep and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+        values.setdefault(name.replace("-", "_"), []).append(value)
+    for name, given in values.items():
+        if len(given) > 1:
+            return UserError(
+                f"--{name} is given {len(given)} times ({', '.join(given)}) and only the last would be used: give it "
+                f"once (a flag that takes several values takes them joined by commas: --{name} {','.join(given)})"
+            )
+    return None
+
+
 def fire_one_line(
     component: object, argv: list[str] | None, prog: str, usage_name: str | None = None, debug: bool | None = None
 ) -> None:
@@ -107,15 +133,19 @@ def fire_one_line(
     The line is ``"<prog>: error: <one_line(error)>"``, printed last (stdout is flushed first), and the exit status
     is 1. ``usage_name`` is the name fire's help shows (default ``prog``). With ``debug`` (default:
     :func:`debug_enabled`) the exception is re-raised with its traceback. fire prints what the command returns;
-    its own usage errors (``SystemExit``) pass through.
+    its own usage errors (``SystemExit``) pass through. A flag given twice is an error before anything runs,
+    because fire would silently keep only its last value.
     """
     import sys
 
     import fire
 
-    args = _hash_kept(sys.argv[1:] if argv is None else argv)
+    given = list(sys.argv[1:] if argv is None else argv)
     try:
-        fire.Fire(component, command=args, name=usage_name or prog)
+        repeated = _repeated_flag(given)
+        if repeated is not None:
+            raise repeated
+        fire.Fire(component, command=_hash_kept(given), name=usage_name or prog)
     except Exception as error:
         if debug_enabled() if debug is None else debug:
             raise

@@ -80,6 +80,13 @@ def test_unknown_override_key_is_rejected_with_a_suggestion_and_the_valid_keys(t
     assert not (tmp_path / "runs").exists()  # refused before anything was written
 
 
+def test_a_flag_given_twice_is_refused_before_anything_is_written(tmp_path):
+    result = cli("train", "lmttm", "--epochs", "3", "--epochs=4", cwd=tmp_path)
+    assert result.returncode == 1
+    assert last_stderr_line(result).startswith("lmttm-monai: error: --epochs is given 2 times (3, 4) and only the last")
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow
 def test_train_evaluate_infer_each_write_their_own_run_folder_and_say_where(medmnist_dir, tmp_path):
     data = ["--dataset_dir", str(medmnist_dir)]

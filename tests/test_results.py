@@ -64,6 +64,19 @@ def test_an_unknown_comparison_or_arm_is_one_line_naming_the_choices(tmp_path):
     )
 
 
+def test_an_override_given_twice_is_refused_with_the_one_flag_to_give_instead_and_nothing_runs(tmp_path):
+    # fire alone would keep the last --override and train with the default epochs, silently
+    twice = results("run", "lmttm", "--out", str(tmp_path / "out"), "--override", "epochs=100",
+                    "--override=dataset_dir=/data/medmnist")  # fmt: skip
+    assert twice.returncode == 1
+    assert twice.stderr.strip().splitlines()[-1] == (
+        "lmttm_monai.results: error: --override is given 2 times (epochs=100, dataset_dir=/data/medmnist) and only"
+        " the last would be used: give it once (a flag that takes several values takes them joined by commas:"
+        " --override epochs=100,dataset_dir=/data/medmnist)"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_override_of_a_nested_key_reaches_the_command_whole_not_cut_at_the_hash(tmp_path):
     # fire reads values as Python, where # starts a comment: unprotected, loss#weight arrives as "loss"
     cut = results("run", "lmttm", "--out", str(tmp_path), "--arms", "lmttm", "--override", "loss#weight")
