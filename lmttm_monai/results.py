@@ -137,6 +137,15 @@ def _read_curve(log: str, metric: str) -> list[float]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
+def _read_resumes(log: str) -> list[int]:
+    """The epochs after which a killed run was continued, from the training log's ``resume:`` lines (the log is
+    appended to on each resume; a run killed after its last epoch resumes with nothing left to train): empty for a
+    run trained in one piece."""
+    pattern = r"resume: (?:continuing after epoch (\d+) of|training had already finished \(epoch (\d+) of)"
+    found = re.findall(pattern, log)
+    return [int(after or finished) for after, finished in found]
+
+
 def _read_train_loss(log: str) -> list[float]:
     """The mean training loss of each epoch, from the training log's ``Epoch: e/E, Iter: i/N -- train_loss: v`` lines.
 
@@ -214,7 +223,8 @@ def _run_one(comparison: Comparison, arm: Arm, seed: int, out: Path, overrides: 
         "metrics": _read_metrics(run_dir / "test" / "metrics.csv"),
         "curve": _read_curve(log, comparison.curve),
         "train_loss": [round(v, 6) for v in _read_train_loss(log)],
-        "seconds": round(time.time() - started, 1), "threads": threads,
+        # the wall time of this call only: a resumed run's earlier pieces are not in it (see resumed_after_epochs)
+        "seconds": round(time.time() - started, 1), "threads": threads, "resumed_after_epochs": _read_resumes(log),
         "commands": [_display(train), _display(evaluate)],
     }  # fmt: skip
     if comparison.per_case and (run_dir / "test" / comparison.per_case).is_file():
@@ -349,7 +359,7 @@ def table(out: str, figures: str | None = None) -> str:
                           if case in base_by_seed[r["seed"]].get("per_case", {})]  # fmt: skip
             if case_diffs:
                 paired += f"; per case {_mean_std(case_diffs)} over {len(case_diffs)} case-runs"
-        minutes = f"{np.mean([r['seconds'] for r in rs]) / 60:.1f}" if rs else "n/a"
+        minutes = _minutes(rs, out_dir / arm.slug)
         lines.append(f"| {arm.label} | {len(rs)} | " + " | ".join(cells) + f" | {change} | {paired} | {minutes} |")
     if comparison.bundle == "lmttm":
         lines += ["", _majority_line(info["overrides"])]
@@ -362,6 +372,25 @@ def table(out: str, figures: str | None = None) -> str:
     with atomic_path(path) as tmp:
         Path(tmp).write_text("\n".join(lines))
     return str(path)
+
+
+def _minutes(runs: list[dict], arm_dir: Path) -> str:
+    """Mean wall minutes over the runs trained in one piece: a resumed run's ``seconds`` time its last piece only,
+    so it is left out and counted. Runs recorded before run.json kept ``resumed_after_epochs`` are read from their
+    ``train.log``."""
+    resumed = 0
+    timed = []
+    for r in runs:
+        log = arm_dir / f"seed{r['seed']}" / "train.log"
+        resumes = r.get("resumed_after_epochs")
+        if resumes is None and log.is_file():
+            resumes = _read_resumes(log.read_text(errors="replace"))
+        if resumes:
+            resumed += 1
+        else:
+            timed.append(r["seconds"])
+    text = f"{np.mean(timed) / 60:.1f}" if timed else "n/a"
+    return text + (f" ({resumed} resumed, not timed)" if resumed else "")
 
 
 def _per_label_lines(comparison: Comparison, runs: dict[str, list[dict]]) -> list[str]:

@@ -32,11 +32,30 @@ def test_arms_run_one_call_each_share_one_table_and_a_rerun_repeats_no_finished_
     record = json.loads((tmp_path / "ttm" / "seed0" / "run.json").read_text())
     assert set(record["metrics"]) == {"test_acc", "test_auc"} and 0 <= record["metrics"]["test_auc"] <= 1
     assert len(record["curve"]) == 1 and "ttm.json" in record["commands"][0]
+    assert record["resumed_after_epochs"] == []  # trained in one piece: its seconds time the whole run
     stamp = (tmp_path / "ttm" / "seed0" / "run.json").stat().st_mtime_ns
     again = results("run", *common, "--arms", "lmttm,ttm")
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "ttm" / "seed0" / "run.json").stat().st_mtime_ns == stamp  # kept, not trained again
     assert json.loads((tmp_path / "comparison.json").read_text())["arms"] == ["LMTTM", "TTM"]
+
+
+def test_a_resumed_run_is_recorded_as_resumed_and_its_partial_time_is_left_out_of_minutes_per_run(
+    medmnist_dir, tmp_path
+):
+    budget = f"epochs=1,epoch_length=2,batch_size=8,num_workers=0,dataset_dir={medmnist_dir}"
+    common = ["lmttm", "--out", str(tmp_path), "--arms", "ttm", "--seeds", "0", "--override", budget]
+    assert results("run", *common).returncode == 0
+    record = tmp_path / "ttm" / "seed0" / "run.json"
+    whole = json.loads(record.read_text())
+    # killed after training, before run.json was written: the rerun continues from the checkpoint and only tests
+    record.unlink()
+    again = results("run", *common)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = json.loads(record.read_text())
+    assert resumed["resumed_after_epochs"] == [1] and resumed["metrics"] == whole["metrics"]
+    row = next(line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| TTM |"))
+    assert row.endswith("| n/a (1 resumed, not timed) |"), row
 
 
 def test_an_override_to_none_sets_none_in_the_bundle_instead_of_being_dropped(tmp_path):
