@@ -36,7 +36,7 @@ from lmttm_monai.errors import UserError
 from lmttm_monai.outputs import atomic_path
 from lmttm_monai.utils import comma_list
 
-__all__ = ["Arm", "COMPARISONS", "Comparison", "main", "run", "table"]
+__all__ = ["Arm", "COMPARISONS", "Comparison", "git_commit", "main", "run", "run_one", "table"]
 
 REPO_BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 
@@ -192,13 +192,25 @@ def _read_per_label(test_dir: Path, metrics: tuple[str, ...]) -> dict[str, list[
     return per_label
 
 
-def _run_one(comparison: Comparison, arm: Arm, seed: int, out: Path, overrides: dict, threads: int) -> dict:
-    """Train and evaluate one arm with one seed (or keep what an earlier call finished)."""
+def git_commit(folder: Path) -> str | None:
+    """The commit checked out in ``folder`` (``git rev-parse HEAD``), or None outside a git checkout."""
+    try:
+        found = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)
+    except OSError:
+        return None
+    return (found.stdout.strip() or None) if found.returncode == 0 else None
+
+
+def run_one(
+    comparison: Comparison, arm: Arm, seed: int, out: Path, overrides: dict, threads: int, bundles: Path = REPO_BUNDLES
+) -> dict:
+    """Train and evaluate one arm with one seed into ``out/<arm>/seed<N>`` (or keep what an earlier call finished)
+    and return its record, also written there as ``run.json``; ``bundles`` is the folder that holds the bundle."""
     run_dir = out / arm.slug / f"seed{seed}"
     record = run_dir / "run.json"
     if record.is_file():
         return json.loads(record.read_text())
-    root = REPO_BUNDLES / comparison.bundle
+    root = bundles / comparison.bundle
     run_dir.mkdir(parents=True, exist_ok=True)
     common = ["--seed", str(seed), "--ckpt_dir", str(run_dir / "models"), *_override_args(overrides)]
     train = [sys.executable, "-m", "monai.bundle", "run", "training",
@@ -225,7 +237,7 @@ def _run_one(comparison: Comparison, arm: Arm, seed: int, out: Path, overrides: 
         "train_loss": [round(v, 6) for v in _read_train_loss(log)],
         # the wall time of this call only: a resumed run's earlier pieces are not in it (see resumed_after_epochs)
         "seconds": round(time.time() - started, 1), "threads": threads, "resumed_after_epochs": _read_resumes(log),
-        "commands": [_display(train), _display(evaluate)],
+        "commands": [_display(train), _display(evaluate)], "commit": git_commit(root),
     }  # fmt: skip
     if comparison.per_case and (run_dir / "test" / comparison.per_case).is_file():
         result["per_case"] = _read_per_case(run_dir / "test" / comparison.per_case)
@@ -266,14 +278,14 @@ def run(
     """
     comparison = _select_arms(_comparison(name), arms)
     seed_list = _seeds(seeds)
-    overrides = _parse_overrides(override)
+    overrides = parse_overrides(override)
     out_dir = Path(out).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = max(1, int(jobs))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     tasks = [(arm, seed) for seed in seed_list for arm in comparison.arms]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_run_one, comparison, arm, seed, out_dir, overrides, threads) for arm, seed in tasks]
+        futures = [pool.submit(run_one, comparison, arm, seed, out_dir, overrides, threads) for arm, seed in tasks]
         for future in futures:
             future.result()
     arm_labels, seed_list = _merged_with_earlier(out_dir / "comparison.json", name, overrides, comparison, seed_list)
@@ -485,7 +497,7 @@ def _comparison(name: str) -> Comparison:
     return COMPARISONS[name]
 
 
-def _parse_overrides(override) -> dict[str, str]:
+def parse_overrides(override) -> dict[str, str]:
     items = [override] if isinstance(override, str) else list(override or ())
     overrides = {}
     for item in items:

@@ -16,6 +16,9 @@ SHARED_DATA = Path(os.environ.get("LMTTM_SHARED_DATA", REPO_ROOT.parent / "share
 MEDMNIST_DIR = SHARED_DATA / "medmnist"
 HIPPOCAMPUS_DIR = SHARED_DATA / "Task04_Hippocampus"
 DRIVE_DIR = SHARED_DATA / "DRIVE"
+# the bundles whose trained model the repository ships as models/model.pt (python -m lmttm_monai.ship); mam_unetr's
+# training (about 95 minutes on one core) has not run yet
+SHIPPED_BUNDLES = ("lmttm", "mam_swinunetr", "salstm")
 
 
 def require_path(path: Path) -> Path:

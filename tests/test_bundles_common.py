@@ -113,7 +113,9 @@ def test_bundle_files_pass_model_zoos_pre_commit_hooks(tmp_path, monkeypatch, ca
         detect_private_key, end_of_file_fixer, mixed_line_ending, pretty_format_json, trailing_whitespace_fixer,
     )  # fmt: skip
 
-    files = bundle_files()
+    # pre-commit hands its hooks text files only (`types: [text]`): the shipped models/model.pt are binary, and
+    # their own limits (fp32 state dict, under 30 MB) are pinned by tests/test_shipped_models.py
+    files = [f for f in bundle_files() if not f.endswith((".pt", ".ts"))]
     assert "bundles/lmttm/configs/train.json" in files
     for f in files:
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +124,7 @@ def test_bundle_files_pass_model_zoos_pre_commit_hooks(tmp_path, monkeypatch, ca
     yaml_files = [f for f in files if f.endswith((".yml", ".yaml"))]
     fixers = {
         "end-of-file-fixer": (end_of_file_fixer.main, files),
-        "trailing-whitespace": (trailing_whitespace_fixer.main, [f for f in files if not f.endswith((".ts", ".pt"))]),
+        "trailing-whitespace": (trailing_whitespace_fixer.main, files),
         "pretty-format-json": (
             pretty_format_json.main, ["--autofix", "--no-sort-keys", "--indent=4", *json_files]
         ),

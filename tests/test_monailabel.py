@@ -5,8 +5,9 @@ environment's ``bin/python``). Without it these tests skip, or fail with ``LMTTM
 step). The requests are the ones 3D Slicer's MONAI Label plugin sends: ``GET /info/``, ``POST /infer/{model}``,
 ``PUT /datastore/label``, ``POST /train/{model}``, ``GET /train/``.
 
-The repository's bundles have no trained weights, so the server serves a temporary copy of them whose
-``models/model.pt`` holds each network's seeded initial weights: the tests pin the serving, not the accuracy.
+The server serves a temporary copy of the bundles with the shipped ``models/model.pt`` of those that have one
+(their predictions of a held-out Hippocampus case are checked against its label), and each network's seeded
+initial weights for the others.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, SHIPPED_BUNDLES
 from monai.bundle import ConfigParser
 
 from lmttm_monai.apps.monailabel import start_command
@@ -39,7 +40,7 @@ LABEL_PYTHON_ENV = "LMTTM_LABEL_PYTHON"
 REQUIRE_ENV = "LMTTM_REQUIRE_LABEL"
 BUNDLES = ("lmttm", "mam_swinunetr", "mam_unetr", "salstm")
 UNTRAINED = "salstm_untrained"  # a bundle folder without models/model.pt
-HIPPOCAMPUS_CASES = ("hippocampus_004", "hippocampus_006", "hippocampus_007")
+HIPPOCAMPUS_CASES = ("hippocampus_331", "hippocampus_180", "hippocampus_372")  # of the bundles' test split
 ADRENAL = "adrenal_test_0"
 DRIVE = "drive_21"
 START_TIMEOUT_S = 240
@@ -142,12 +143,17 @@ def label_python() -> str:
 
 @pytest.fixture(scope="module")
 def workspace(label_python, tmp_path_factory, hippocampus_dir, medmnist_dir, drive_dir):
-    """A copy of the bundles with seeded initial weights (and one without), and a studies folder of real images."""
+    """A copy of the bundles with their shipped weights or seeded initial ones (and one without weights), and a
+    studies folder of real images."""
     root = tmp_path_factory.mktemp("monailabel")
     bundles = root / "bundles"
     for name in BUNDLES:
         shutil.copytree(REPO_ROOT / "bundles" / name, bundles / name, ignore=shutil.ignore_patterns("models", "eval"))
-        _write_initial_weights(bundles / name)
+        if name in SHIPPED_BUNDLES:
+            (bundles / name / "models").mkdir()
+            shutil.copy(REPO_ROOT / "bundles" / name / "models" / "model.pt", bundles / name / "models" / "model.pt")
+        else:
+            _write_initial_weights(bundles / name)
     shutil.copytree(REPO_ROOT / "bundles" / "salstm", bundles / UNTRAINED, ignore=shutil.ignore_patterns("models"))
 
     studies = root / "studies"
@@ -235,6 +241,16 @@ def test_3d_segmentation_returns_label_map_with_the_image_shape_affine_and_known
         assert label.shape == image.shape
         np.testing.assert_allclose(label.affine, image.affine, atol=1e-4)
         assert set(np.unique(np.asarray(label.dataobj)).tolist()) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("model", ["mam_swinunetr", "salstm"])
+def test_the_served_shipped_model_segments_a_held_out_hippocampus_case_as_its_label_does(server, model, hippocampus_dir):
+    case = HIPPOCAMPUS_CASES[2]  # before the train test below fine-tunes mam_swinunetr
+    label = np.asarray(_infer_label(server, model, case).dataobj)
+    truth = np.asarray(nib.load(hippocampus_dir / "labelsTr" / f"{case}.nii.gz").dataobj)
+    for value in (1, 2):  # an untrained network's output scores near 0
+        a, b = label == value, truth == value
+        assert 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()) > 0.75, (model, value)
 
 
 def test_2d_segmentation_of_a_drive_image_returns_label_of_the_image_size(server):
@@ -353,6 +369,8 @@ def test_stored_labels_train_a_new_checkpoint_that_inference_then_uses(server, h
     after = torch.load(weights, map_location="cpu")
     after = after.get("model", after)
     assert any(not torch.equal(before[k], after[k]) for k in before), "training did not write new weights"
+    # the fine-tune started from the served (shipped) weights: MONAI's CheckpointLoader loaded them first
+    assert f"Restored all variables from {weights}" in server.log_text()
     label_after = np.asarray(_infer_label(server, "mam_swinunetr", case).dataobj)
     assert not np.array_equal(label_after, label_before), "/infer did not pick up the new checkpoint"
 
