@@ -8,9 +8,12 @@ errors, and a one-line summary at the end. ``python -m monai.bundle`` stays the 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
+import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -173,12 +176,31 @@ class _Tee:
         return getattr(self.stream, name)
 
 
+class _EngineErrorEcho(logging.Filter):
+    """Drops ignite's log line of the exception that ends a run: the command's last line says it, once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Engine run is terminating due to exception")
+
+
+def _say_errors_once() -> None:
+    """Put :class:`_EngineErrorEcho` on every log handler the bundle's logging.conf set up (not with --debug)."""
+    from lmttm_monai.errors import debug_enabled
+
+    if debug_enabled():
+        return
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger))]
+    for handler in {h for logger in loggers for h in logger.handlers}:
+        if not any(isinstance(f, _EngineErrorEcho) for f in handler.filters):
+            handler.addFilter(_EngineErrorEcho())
+
+
 def _metric_text(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
 
 def _run(command: str, bundle: str, overlays: Any, output_dir: str | None, overwrite: bool, overrides: dict) -> str:
-    from monai.bundle import ConfigParser, ConfigWorkflow
+    from monai.bundle import ConfigParser
 
     root = find_bundle(bundle)
     files = _config_files(root, command, overlays)
@@ -186,7 +208,58 @@ def _run(command: str, bundle: str, overlays: Any, output_dir: str | None, overw
     parser.read_config(files)
     _check_override_keys(parser, overrides)
     resume = command == "train" and as_bool(overrides.get("resume", False), "resume")
+    final_dir = None
+    if not resume and output_dir is not None:
+        target = Path(output_dir).expanduser()
+        if target.is_dir() and any(target.iterdir()) and overwrite:
+            # replace an earlier run only once this one has succeeded: run beside it, swap at the end
+            final_dir = target.resolve()
+            output_dir = str(final_dir.parent / f".{final_dir.name}.incomplete-{os.getpid()}")
+    new = resume is False and (output_dir is None or not Path(output_dir).expanduser().exists())
     run_dir = _run_dir(root, command, output_dir, overwrite, resume) or _resumable_run(root, _overlay_names(command, files))
+    try:
+        return _run_in(command, root, files, run_dir, overwrite, overrides, resume, final_dir)
+    except BaseException as error:
+        _after_failure(run_dir, new, final_dir, error)
+        raise
+
+
+_BOOKKEEPING = {"run.json", "config.json", "log.txt"}
+
+
+def _after_failure(run_dir: Path, new: bool, final_dir: Path | None, error: BaseException) -> None:
+    """What a failed run leaves: nothing where it would have replaced an earlier run (that run's files stay as they
+    were) or made a new folder holding only bookkeeping; otherwise its log.txt ends with the error."""
+    from lmttm_monai.errors import one_line
+
+    if final_dir is not None or (new and {p.name for p in run_dir.iterdir()} <= _BOOKKEEPING):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in (run_dir.parent, run_dir.parent.parent) if run_dir.parent.parent.name == RUNS_ROOT else ():
+            with contextlib.suppress(OSError):  # runs/BUNDLE and runs/, made for this run and now empty
+                parent.rmdir()
+        return
+    with open(run_dir / "log.txt", "a", encoding="utf-8") as log:
+        log.write(f"{PROG}: error: {one_line(error)}\n")
+
+
+def _swap_in(run_dir: Path, final_dir: Path) -> None:
+    """Put a finished run in ``final_dir``, replacing the earlier run there, and make its files name that folder."""
+    old = final_dir.parent / f".{final_dir.name}.replaced-{os.getpid()}"
+    final_dir.rename(old)
+    run_dir.rename(final_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    for name in ("config.json", "summary.json"):
+        path = final_dir / name
+        if path.is_file():
+            path.write_text(path.read_text().replace(str(run_dir), str(final_dir)))
+
+
+def _run_in(
+    command: str, root: Path, files: list[str], run_dir: Path, overwrite: bool, overrides: dict, resume: bool,
+    final_dir: Path | None,
+) -> str:
+    from monai.bundle import ConfigParser, ConfigWorkflow
+
     (run_dir / "run.json").write_text(json.dumps({"command": command, "overlays": _overlay_names(command, files)}) + "\n")
     # overwrite reaches the configs' own guard too (lmttm_monai.outputs), e.g. for a --ckpt_dir that holds a model.pt
     settings = {"bundle_root": str(root), "output_dir": str(run_dir), "overwrite": bool(overwrite), **overrides}
@@ -205,6 +278,7 @@ def _run(command: str, bundle: str, overlays: Any, output_dir: str | None, overw
             workflow_type="infer" if command == "infer" else "train",
             **settings,
         )
+        _say_errors_once()
         ConfigParser.export_config_file(workflow.parser.config, str(run_dir / "config.json"), indent=4)
         started = time.time()
         workflow.initialize()
@@ -216,6 +290,10 @@ def _run(command: str, bundle: str, overlays: Any, output_dir: str | None, overw
         sys.stdout = stdout
         tee.file.close()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=4) + "\n")
+    if final_dir is not None:
+        _swap_in(run_dir, final_dir)
+        ckpt = Path(str(ckpt).replace(str(run_dir), str(final_dir)))
+        run_dir = final_dir
     where = f"outputs in {run_dir}"
     if command == "train":
         where += f" (checkpoint {ckpt})"

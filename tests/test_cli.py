@@ -266,3 +266,36 @@ def test_label_command_prints_the_monai_label_start_command_and_serve_says_what_
                              env=env, timeout=120)  # fmt: skip
     assert missing.returncode == 1
     assert last_stderr_line(missing).startswith("lmttm-monai: error: MONAI Label's interpreter is not set: build its")
+
+
+def test_a_failed_run_leaves_no_folder_and_a_failed_overwrite_leaves_the_earlier_run_as_it_was(tmp_path, hippocampus_dir):
+    def case(number: str) -> str:
+        return str(hippocampus_dir / "imagesTr" / f"hippocampus_{number}.nii.gz")
+
+    missing = str(tmp_path / "missing.nii.gz")
+    failed = cli("infer", "salstm", "--input", missing, cwd=tmp_path)
+    assert failed.returncode == 1 and "does not exist" in last_stderr_line(failed)
+    assert not (tmp_path / "runs").exists()  # no empty run folder, no runs/salstm made for it
+
+    out = tmp_path / "out"
+    assert cli("infer", "salstm", "--input", case("331"), "--output_dir", str(out), cwd=tmp_path).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "hippocampus_331_seg.nii.gz" in before
+    failed = cli("infer", "salstm", "--input", missing, "--output_dir", str(out), "--overwrite", cwd=tmp_path)
+    assert failed.returncode == 1 and "does not exist" in last_stderr_line(failed)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # not one file of the earlier run touched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nor a half-run folder left beside it
+
+    replaced = cli("infer", "salstm", "--input", case("180"), "--output_dir", str(out), "--overwrite", cwd=tmp_path)
+    assert replaced.returncode == 0 and f"outputs in {out} " in last_line(replaced)
+    assert sorted(p.name for p in out.glob("*_seg.nii.gz")) == ["hippocampus_180_seg.nii.gz"]  # one run's files
+    config = json.loads((out / "config.json").read_text())
+    assert config["output_dir"] == str(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_error_that_ends_a_run_is_said_once(tmp_path, hippocampus_dir):
+    image = str(hippocampus_dir / "imagesTr" / "hippocampus_331.nii.gz")
+    result = cli("infer", "salstm", "--input", image, "--ckpt_dir", str(tmp_path / "empty"), cwd=tmp_path)
+    assert result.returncode == 1 and "no checkpoint there" in last_stderr_line(result)
+    assert (result.stdout + result.stderr).count("no checkpoint there") == 1
