@@ -222,6 +222,7 @@ def run_one(
                 "--config_file", _configs(root, "train.json", "evaluate.json", *arm.overlays), *common,
                 "--output_dir", str(run_dir / "test"), "--overwrite", "true"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+    commit = git_commit(root)  # the code the training starts with (a long run may outlast later commits)
     started = time.time()
     for name, command in (("train", train), ("test", evaluate)):
         with open(run_dir / f"{name}.log", "a") as log:
@@ -237,7 +238,7 @@ def run_one(
         "train_loss": [round(v, 6) for v in _read_train_loss(log)],
         # the wall time of this call only: a resumed run's earlier pieces are not in it (see resumed_after_epochs)
         "seconds": round(time.time() - started, 1), "threads": threads, "resumed_after_epochs": _read_resumes(log),
-        "commands": [_display(train), _display(evaluate)], "commit": git_commit(root),
+        "commands": [_display(train), _display(evaluate)], "commit": commit,
     }  # fmt: skip
     if comparison.per_case and (run_dir / "test" / comparison.per_case).is_file():
         result["per_case"] = _read_per_case(run_dir / "test" / comparison.per_case)
