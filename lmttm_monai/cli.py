@@ -441,7 +441,7 @@ class Commands:
         import shlex
         import subprocess
 
-        from lmttm_monai.apps.monailabel import start_command
+        from lmttm_monai.apps.monailabel import check_studies, start_command
 
         if action not in ("serve", "command"):
             raise CLIError(f"unknown label action {action!r}; use `label serve` or `label command`")
@@ -461,8 +461,10 @@ class Commands:
                 "build its environment with `bash .ci/label-install.sh ~/label-venv` and pass "
                 "--python ~/label-venv/bin/python (or set LMTTM_LABEL_PYTHON)"
             )
-        if not Path(studies).is_dir():
-            raise CLIError(f"--studies {studies} is not a folder")
+        try:
+            check_studies(studies)
+        except ValueError as error:
+            raise CLIError(str(error)) from None
         code = subprocess.call(argv)  # until the user stops it (Ctrl-C)
         if code not in (0, -2, 130):  # -2 / 130: stopped with Ctrl-C
             raise CLIError(f"the MONAI Label server exited with status {code}; its log: {Path(argv[3]) / 'logs' / 'app.log'}")

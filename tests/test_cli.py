@@ -299,3 +299,18 @@ def test_an_error_that_ends_a_run_is_said_once(tmp_path, hippocampus_dir):
     result = cli("infer", "salstm", "--input", image, "--ckpt_dir", str(tmp_path / "empty"), cwd=tmp_path)
     assert result.returncode == 1 and "no checkpoint there" in last_stderr_line(result)
     assert (result.stdout + result.stderr).count("no checkpoint there") == 1
+
+
+def test_label_serve_refuses_a_decathlon_folder_naming_its_imagestr_and_a_folder_without_images(tmp_path, hippocampus_dir):
+    # MONAI Label serves the images at the top of --studies only: these would start a server with nothing to serve
+    python = ["--python", sys.executable]
+    decathlon = cli("label", "serve", "--studies", str(hippocampus_dir), *python)
+    assert decathlon.returncode == 1
+    assert last_stderr_line(decathlon) == (
+        f"lmttm-monai: error: --studies {hippocampus_dir} holds no image at its top but 200 in imagesTr/ (a Decathlon "
+        f"task folder; MONAI Label serves only the top): pass --studies {hippocampus_dir / 'imagesTr'}"
+    )
+    (tmp_path / "notes.txt").write_text("not an image")
+    empty = cli("label", "serve", "--studies", str(tmp_path), *python)
+    assert empty.returncode == 1
+    assert last_stderr_line(empty).startswith(f"lmttm-monai: error: --studies {tmp_path} holds no image MONAI Label serves")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
-from lmttm_monai.apps.monailabel import APP_DIR, start_command
+from lmttm_monai.apps.monailabel import APP_DIR, check_studies, start_command
 from lmttm_monai.apps.monailabel.bundles import default_bundles_dir, select_bundles
 
 
@@ -29,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if Path(args.studies).expanduser().exists():  # a folder to make later is fine; one that serves nothing is not
+        try:
+            check_studies(args.studies)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     command = start_command(args.studies, args.models, args.bundles_dir, args.host, args.port)
     print("start (in the MONAI Label environment, docs/monailabel.md):")
     print("  " + shlex.join(command))

@@ -25,6 +25,7 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.utils.others.generic import strtobool
 
 import lmttm_monai
+from lmttm_monai.apps.monailabel import check_studies
 from lmttm_monai.apps.monailabel.bundles import default_bundles_dir, select_bundles
 from lmttm_monai.apps.monailabel.tasks import (
     IMAGE_NAME_KEY,
@@ -74,6 +75,10 @@ class LmttmMonaiLabelApp(MONAILabelApp):
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):
             return super().init_datastore()
+        try:
+            check_studies(self.studies)  # a Decathlon folder or one without images would serve nothing, silently
+        except ValueError as error:
+            raise MONAILabelException(MONAILabelError.APP_INIT_ERROR, str(error)) from error
         # the settings MONAI Label's own folder datastore is built with, plus label checks (tasks.py)
         from monailabel.config import settings
 
