@@ -178,7 +178,8 @@ def test_bad_pairs_are_clear_errors_that_name_the_file(hippocampus_dir, tmp_path
 
 def test_training_on_an_empty_dataset_json_list_fails_naming_the_file(hippocampus_dir, tmp_path):
     (tmp_path / "dataset.json").write_text(json.dumps({"training": []}))
-    result = run_module("run", "training", "--config_file", TRAIN, "--dataset_dir", str(tmp_path))
+    result = run_module("run", "training", "--config_file", TRAIN, "--dataset_dir", str(tmp_path),
+                        "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"))  # fmt: skip
     assert result.returncode != 0
     assert f"{tmp_path / 'dataset.json'}: the 'training' list is missing or empty" in result.stderr
 
