@@ -6,8 +6,8 @@
 #
 # then, through the device tool, with carry [".whl", ".devdata"] (64 MiB in all with the checkout):
 #
-#   bash .ci/device-run.sh bench [bench args]            # python -m lmttm_monai.bench --device cuda -> $OUT
-#   bash .ci/device-run.sh results NAME [results args]   # python -m lmttm_monai.results run NAME -> $OUT/NAME.tar.gz
+#   bash .ci/device-run.sh bench [bench args]            # python -m lmttm_monai.experiments.bench --device cuda -> $OUT
+#   bash .ci/device-run.sh results NAME [results args]   # python -m lmttm_monai.experiments.results run NAME -> $OUT/NAME.tar.gz
 #
 # Only plain files directly under $OUT come back (8 at most, 16 MiB each), so a results folder comes back as one
 # tarball of its run.json, logs, tables and figures, without checkpoints. DEADLINE (seconds, default 480) stops the
@@ -55,7 +55,7 @@ prepare)
     ;;
 bench)
     on_device
-    python3 -m lmttm_monai.bench --device cuda --out "$OUT/benchmarks_cuda.md" "$@"
+    python3 -m lmttm_monai.experiments.bench --device cuda --out "$OUT/benchmarks_cuda.md" "$@"
     ;;
 results)
     [ $# -gt 0 ] || usage
@@ -66,11 +66,11 @@ results)
     # timeout runs the command in a process group of its own and signals the whole group at the deadline, so the
     # trainings that results started stop too, not only the scheduler
     set +e
-    timeout --kill-after=30 "${DEADLINE:-480}" python3 -m lmttm_monai.results run "$name" --out "$runs" "$@"
+    timeout --kill-after=30 "${DEADLINE:-480}" python3 -m lmttm_monai.experiments.results run "$name" --out "$runs" "$@"
     echo "device-run: results run ended with status $? (124: the deadline stopped it)"
     set -e
     if [ -f "$runs/comparison.json" ]; then
-        python3 -m lmttm_monai.results table "$runs" --figures "$runs/figures" || true
+        python3 -m lmttm_monai.experiments.results table "$runs" --figures "$runs/figures" || true
     fi
     tar -czf "$OUT/$name.tar.gz" --exclude='*.pt' --exclude='*.ts' -C /tmp/results "$name"
     ls -la "$OUT"

@@ -16,8 +16,13 @@ SHARED_DATA = Path(os.environ.get("LMTTM_SHARED_DATA", REPO_ROOT.parent / "share
 MEDMNIST_DIR = SHARED_DATA / "medmnist"
 HIPPOCAMPUS_DIR = SHARED_DATA / "Task04_Hippocampus"
 DRIVE_DIR = SHARED_DATA / "DRIVE"
-# the bundles whose trained model the repository ships as models/model.pt (python -m lmttm_monai.ship); mam_unetr's
-# training (about 95 minutes on one core) has not run yet
+# the metadata schema the bundles name, checked offline: lmttm_monai.bundle.zoo reads it from LMTTM_BUNDLE_SCHEMA
+# (set here for the whole run, subprocesses included) instead of downloading it
+SCHEMA = SHARED_DATA.parent / "schema" / "meta_schema_20240725.json"
+if SCHEMA.is_file():
+    os.environ.setdefault("LMTTM_BUNDLE_SCHEMA", str(SCHEMA))
+# the bundles whose trained model the repository ships as models/model.pt (python -m lmttm_monai.bundle.ship);
+# mam_unetr's training (about 95 minutes on one core) has not run yet
 SHIPPED_BUNDLES = ("lmttm", "mam_swinunetr", "salstm")
 
 

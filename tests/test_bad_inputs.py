@@ -493,7 +493,7 @@ def _a_list(folder: Path) -> Path:
 def _training_state(folder: Path) -> Path:
     net = lmttm_network()
     state = {"trainer": {"epoch": 1}, "network": net.state_dict(), "optimizer": {}, "seed": 0}
-    torch.save(state, folder / "model.pt")  # lmttm_monai.checkpointing's checkpoint.pt, given as model.pt
+    torch.save(state, folder / "model.pt")  # lmttm_monai.handlers.training_checkpoint's checkpoint.pt, given as model.pt
     return folder / "model.pt"
 
 

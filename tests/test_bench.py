@@ -1,4 +1,4 @@
-"""``python -m lmttm_monai.bench``: the report it writes and the mistakes it refuses (no timing is asserted)."""
+"""``python -m lmttm_monai.experiments.bench``: the report it writes and the mistakes it refuses (no timing is asserted)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lmttm_monai import bench
+from lmttm_monai.experiments import bench
 
 
 def test_bench_writes_a_report_with_throughput_flops_memory_ratios_and_the_data_wait(tmp_path, medmnist_dir, monkeypatch):
@@ -34,7 +34,7 @@ def test_bench_writes_a_report_with_throughput_flops_memory_ratios_and_the_data_
 def test_bench_refuses_an_existing_report_unknown_cases_and_the_authors_case_without_their_code(tmp_path):
     existing = tmp_path / "benchmarks.md"
     existing.write_text("earlier\n")
-    result = subprocess.run([sys.executable, "-m", "lmttm_monai.bench", "--out", str(existing), "--only", "lmttm"],
+    result = subprocess.run([sys.executable, "-m", "lmttm_monai.experiments.bench", "--out", str(existing), "--only", "lmttm"],
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 1 and existing.read_text() == "earlier\n"
     assert result.stderr.strip().splitlines()[-1].endswith("exists; pass --overwrite to replace it or --out to write elsewhere")

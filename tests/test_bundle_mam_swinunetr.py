@@ -182,21 +182,3 @@ def test_training_on_an_empty_dataset_json_list_fails_naming_the_file(hippocampu
                         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"))  # fmt: skip
     assert result.returncode != 0
     assert f"{tmp_path / 'dataset.json'}: the 'training' list is missing or empty" in result.stderr
-
-
-@pytest.mark.parametrize("name", ["mam_swinunetr", "mam_unetr"])
-def test_multi_gpu_overlay_disables_the_tensorboard_handlers_it_points_at(name):
-    """The DDP overlay turns TensorBoard off on ranks > 0 by list position; the positions must stay right."""
-    configs = REPO_ROOT / "bundles" / name / "configs"
-    parser = ConfigParser()
-    parser.read_config([str(configs / "train.json"), str(configs / "multi_gpu_train.json")])
-    targets = [h["_target_"] for h in parser["train#handlers"]]
-    board = targets.index("TensorBoardStatsHandler")
-    assert parser[f"train#handlers#{board}#_disabled_"] == "$dist.get_rank() > 0"
-    # ranks > 0 keep the ValidationHandler, a learning-rate schedule (every rank must step it) and the
-    # TrainingCheckpoint (it reseeds each epoch and loads a resume): the handlers up to the checkpoint
-    kept = targets.index("lmttm_monai.checkpointing.TrainingCheckpoint") + 1
-    assert parser["train#trainer#train_handlers"].endswith(f"else @train#handlers[:{kept}]")
-    assert set(targets[kept:]) & {"ValidationHandler", "LrScheduleHandler"} == set()
-    assert parser["validate#handlers#1#_target_"] == "TensorBoardStatsHandler"
-    assert parser["train#dataloader#sampler"] == "@train#sampler"

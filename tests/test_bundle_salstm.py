@@ -15,7 +15,7 @@ from conftest import REPO_ROOT
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 
-from lmttm_monai import results
+from lmttm_monai.experiments import records
 from lmttm_monai.data import decathlon_datalist
 
 BUNDLE = REPO_ROOT / "bundles" / "salstm"
@@ -67,7 +67,7 @@ def test_evaluation_writes_dice_and_hd95_per_label_for_every_test_volume(run_dir
     assert ((dice >= 0) & (dice <= 1)).all()
     assert dice[:, 2].mean() == pytest.approx(metrics["test_mean_dice"], abs=1e-5)
     # the results command's per-label means are MONAI's own per-class summary means
-    per_label = results._read_per_label(root / "eval", ("test_mean_dice", "test_hd95"))
+    per_label = records.read_per_label(root / "eval", ("test_mean_dice", "test_hd95"))
     for name in ("test_mean_dice", "test_hd95"):
         header, *rows = read_rows(root / "eval" / f"{name}_summary.csv")
         means = {row[0]: float(row[header.index("mean")]) for row in rows}

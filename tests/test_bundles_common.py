@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -162,3 +163,23 @@ def test_bundle_pins_the_installed_package_version_which_lives_in_one_place(name
     meta = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
     assert version("lmttm-monai") == lmttm_monai.__version__, "reinstall: pip install -e ."
     assert meta["required_packages_version"]["lmttm-monai"] == lmttm_monai.__version__
+
+
+@pytest.mark.parametrize("name", sorted(NETWORK_OVERLAYS))
+def test_multi_gpu_overlay_keeps_logging_handlers_to_the_main_process_by_name(name):
+    """Ranks > 0 (``main_process`` false) drop the handlers that log or write event files, whatever their place in
+    the list, and keep those every rank must run: validation, a learning-rate schedule, the training checkpoint."""
+    configs = BUNDLES / name / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), str(configs / "multi_gpu_train.json")])
+    overlay = json.loads((configs / "multi_gpu_train.json").read_text())
+    assert not [k for k in overlay if re.search(r"#\d+(#|$)", k)], "the overlay addresses a list item by position"
+    logging_only = {"StatsHandler", "TensorBoardStatsHandler", "ignite.handlers.ProgressBar"}
+    for main_process in (True, False):
+        parser["main_process"] = main_process
+        for section in ("train", "validate"):
+            for i, handler in enumerate(parser[f"{section}#handlers"]):
+                disabled = "_disabled_" in handler and parser.get_parsed_content(f"{section}#handlers#{i}#_disabled_")
+                assert bool(disabled) == (not main_process and handler["_target_"] in logging_only), (section, handler)
+    assert parser["validate#evaluator#val_handlers"].replace("::", "#") == "$@validate#handlers if @main_process else None"
+    assert parser["train#dataloader#sampler"].replace("::", "#") == "@train#sampler"

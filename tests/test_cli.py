@@ -1,5 +1,7 @@
 """The ``lmttm-monai`` command line and the one-line errors of bundle runs (``lmttm-monai`` and
-``python -m monai.bundle``), run as a user runs them: the installed console script, in a subprocess."""
+``python -m monai.bundle``). The command line's own checks run in this process through its entry function (fast
+tier); bundle runs, and one proof that the console script ends a mistake with one line, run as a user runs them:
+the installed console script in a subprocess (slow tier)."""
 
 from __future__ import annotations
 
@@ -37,53 +39,82 @@ def last_stderr_line(result: subprocess.CompletedProcess) -> str:
     return lines[-1] if lines else ""
 
 
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """``lmttm-monai ARGS`` through its entry function in this process: ``(exit status, stdout, stderr)``. The
+    console script only calls it (test_the_console_script_says_a_mistake_on_one_line_last proves that path)."""
+    from lmttm_monai.bundle.cli import main
+
+    def run(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def last(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
 @pytest.mark.parametrize("command", ["list", "train", "evaluate", "infer", "export", "verify", "package", "download", "label"])
-def test_every_command_has_help_with_an_example(command):
-    result = cli(command, "--help")
-    assert result.returncode == 0, result.stderr
-    assert "Example: lmttm-monai" in result.stdout + result.stderr  # fire writes help to stderr
+def test_every_command_has_help_with_an_example(command, run_cli):
+    code, out, err = run_cli(command, "--help")
+    assert code == 0, err
+    assert "Example: lmttm-monai" in out + err  # fire writes help to stderr
 
 
-def test_top_level_help_lists_the_commands():
-    result = cli("--help")
-    assert result.returncode == 0
+def test_top_level_help_lists_the_commands(run_cli):
+    code, out, err = run_cli("--help")
+    assert code == 0
     for command in ("list", "train", "evaluate", "infer", "export", "verify", "package", "download"):
-        assert command in result.stdout + result.stderr
+        assert command in out + err
 
 
-def test_list_names_every_network_and_bundle():
-    result = cli("list")
-    assert result.returncode == 0, result.stderr
+def test_list_names_every_network_and_bundle(run_cli):
+    code, out, err = run_cli("list")
+    assert code == 0, err
     for name in ("lmttm", "ttm", "memory_unetr", "memory_swin_unetr", "salstm_unet", "mam_swinunetr", "mam_unetr"):
-        assert name in result.stdout
+        assert name in out
 
 
-def test_unknown_command_is_rejected_with_the_valid_ones():
-    result = cli("trian", "lmttm")
-    assert result.returncode == 2
-    assert "unknown command 'trian' (did you mean train?)" in last_stderr_line(result)
-    assert "evaluate" in last_stderr_line(result)
+def test_unknown_command_is_rejected_with_the_valid_ones(run_cli):
+    code, _, err = run_cli("trian", "lmttm")
+    assert code == 2
+    assert "unknown command 'trian' (did you mean train?)" in last(err) and "evaluate" in last(err)
 
 
-def test_unknown_bundle_is_rejected_with_the_known_ones():
+def test_unknown_bundle_is_rejected_with_the_known_ones(run_cli):
+    code, _, err = run_cli("train", "lmtm")
+    assert code == 1
+    assert last(err).startswith("lmttm-monai: error: no bundle 'lmtm'") and "mam_swinunetr" in last(err)
+
+
+def test_the_console_script_says_a_mistake_on_one_line_last():
     result = cli("train", "lmtm")
     assert result.returncode == 1
     assert last_stderr_line(result).startswith("lmttm-monai: error: no bundle 'lmtm'")
-    assert "mam_swinunetr" in last_stderr_line(result)
+    assert "Traceback" not in result.stderr
 
 
-def test_unknown_override_key_is_rejected_with_a_suggestion_and_the_valid_keys(tmp_path):
-    result = cli("train", "lmttm", "--epoch", "3", cwd=tmp_path)
-    assert result.returncode == 1
-    line = last_stderr_line(result)
-    assert "unknown override key 'epoch' (did you mean epochs" in line and "learning_rate" in line
+def test_unknown_override_key_is_rejected_with_a_suggestion_and_the_valid_keys(tmp_path, run_cli):
+    code, _, err = run_cli("train", "lmttm", "--epoch", "3", cwd=tmp_path)
+    assert code == 1
+    assert "unknown override key 'epoch' (did you mean epochs" in last(err) and "learning_rate" in last(err)
     assert not (tmp_path / "runs").exists()  # refused before anything was written
 
 
-def test_a_flag_given_twice_is_refused_before_anything_is_written(tmp_path):
-    result = cli("train", "lmttm", "--epochs", "3", "--epochs=4", cwd=tmp_path)
-    assert result.returncode == 1
-    assert last_stderr_line(result).startswith("lmttm-monai: error: --epochs is given 2 times (3, 4) and only the last")
+def test_a_flag_given_twice_is_refused_before_anything_is_written(tmp_path, run_cli):
+    code, _, err = run_cli("train", "lmttm", "--epochs", "3", "--epochs=4", cwd=tmp_path)
+    assert code == 1
+    assert last(err).startswith("lmttm-monai: error: --epochs is given 2 times (3, 4) and only the last")
     assert not (tmp_path / "runs").exists()
 
 
@@ -123,6 +154,7 @@ def test_train_evaluate_infer_each_write_their_own_run_folder_and_say_where(medm
     assert overwrite.returncode == 0, overwrite.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_resume_continues_the_latest_train_run_in_its_own_folder_with_more_epochs(tmp_path, medmnist_dir):
     data = ["--dataset_dir", str(medmnist_dir)]
     first = cli("train", "lmttm", *data, *QUICK, cwd=tmp_path)
@@ -140,7 +172,7 @@ def test_resume_continues_the_latest_train_run_in_its_own_folder_with_more_epoch
 
 
 def test_default_checkpoint_is_the_latest_finished_train_run_with_the_same_overlays(tmp_path, monkeypatch):
-    from lmttm_monai import cli as cli_module
+    from lmttm_monai.bundle import cli as cli_module
 
     monkeypatch.chdir(tmp_path)
     bundle = cli_module.find_bundle("lmttm")
@@ -196,6 +228,7 @@ def _mistake_args(args: list[str], tmp_path: Path) -> list[str]:
     return [a.format(**folders) for a in args]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("case", "args", "expected"), MISTAKES, ids=[m[0] for m in MISTAKES])
 def test_bundle_mistake_ends_with_the_projects_own_message_through_monai_bundle(tmp_path, case, args, expected):
     # nodulemnist3d is missing and cannot be downloaded: keep the download from trying the internet
@@ -211,6 +244,7 @@ def test_bundle_mistake_ends_with_the_projects_own_message_through_monai_bundle(
     assert debug.returncode != 0 and "Traceback" in debug.stderr  # ... unless asked for
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("case", "args", "expected"), MISTAKES[:3], ids=[m[0] for m in MISTAKES[:3]])
 def test_bundle_mistake_ends_with_the_projects_own_message_through_the_cli(tmp_path, case, args, expected):
     result = cli("train", "lmttm", *_mistake_args(args, tmp_path), *QUICK[:2], cwd=tmp_path)
@@ -222,6 +256,7 @@ def test_bundle_mistake_ends_with_the_projects_own_message_through_the_cli(tmp_p
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+@pytest.mark.slow
 def test_a_failed_download_ends_with_what_to_do_and_leaves_no_empty_data_folder(tmp_path):
     absent = tmp_path / "data" / "medmnist"
     result = run_module("run", "training", "--config_file", LMTTM_TRAIN, "--dataset_dir", str(absent), *QUICK[:2],
@@ -233,6 +268,7 @@ def test_a_failed_download_ends_with_what_to_do_and_leaves_no_empty_data_folder(
     assert not (tmp_path / "data").exists()  # the folders the download attempt made are gone
 
 
+@pytest.mark.slow
 def test_segmentation_bundle_without_its_data_says_which_file_is_missing(tmp_path):
     config = str(REPO_ROOT / "bundles" / "mam_swinunetr" / "configs" / "train.json")
     result = run_module("run", "training", "--config_file", config, "--dataset_dir", str(tmp_path), cwd=tmp_path)
@@ -241,9 +277,10 @@ def test_segmentation_bundle_without_its_data_says_which_file_is_missing(tmp_pat
     assert line.startswith("error: ") and str(tmp_path / "dataset.json") in line, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_bundle_runs_hide_deprecation_notices_unless_debugging():
     code = (
-        "import warnings, lmttm_monai.readable_errors\n"
+        "import warnings, lmttm_monai.utils.readable_errors\n"
         "warnings.warn('an internal deprecation', DeprecationWarning)\n"
         "warnings.warn('a warning for the user', UserWarning)\n"
     )
@@ -254,6 +291,7 @@ def test_bundle_runs_hide_deprecation_notices_unless_debugging():
     assert "an internal deprecation" in debug.stderr
 
 
+@pytest.mark.slow
 def test_label_command_prints_the_monai_label_start_command_and_serve_says_what_it_needs(tmp_path):
     from lmttm_monai.apps.monailabel import APP_DIR
 
@@ -268,6 +306,7 @@ def test_label_command_prints_the_monai_label_start_command_and_serve_says_what_
     assert last_stderr_line(missing).startswith("lmttm-monai: error: MONAI Label's interpreter is not set: build its")
 
 
+@pytest.mark.slow
 def test_a_failed_run_leaves_no_folder_and_a_failed_overwrite_leaves_the_earlier_run_as_it_was(tmp_path, hippocampus_dir):
     def case(number: str) -> str:
         return str(hippocampus_dir / "imagesTr" / f"hippocampus_{number}.nii.gz")
@@ -294,6 +333,7 @@ def test_a_failed_run_leaves_no_folder_and_a_failed_overwrite_leaves_the_earlier
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+@pytest.mark.slow
 def test_an_error_that_ends_a_run_is_said_once(tmp_path, hippocampus_dir):
     image = str(hippocampus_dir / "imagesTr" / "hippocampus_331.nii.gz")
     result = cli("infer", "salstm", "--input", image, "--ckpt_dir", str(tmp_path / "empty"), cwd=tmp_path)
@@ -301,6 +341,7 @@ def test_an_error_that_ends_a_run_is_said_once(tmp_path, hippocampus_dir):
     assert (result.stdout + result.stderr).count("no checkpoint there") == 1
 
 
+@pytest.mark.slow
 def test_label_serve_refuses_a_decathlon_folder_naming_its_imagestr_and_a_folder_without_images(tmp_path, hippocampus_dir):
     # MONAI Label serves the images at the top of --studies only: these would start a server with nothing to serve
     python = ["--python", sys.executable]

@@ -9,7 +9,6 @@ reduced-precision path a CPU can run), and eight inference runs at once into one
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path

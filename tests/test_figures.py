@@ -1,4 +1,4 @@
-"""Pictures of ``python -m lmttm_monai.results`` (:mod:`lmttm_monai.figures`), drawn from real tiny runs."""
+"""Pictures of ``python -m lmttm_monai.experiments.results`` (:mod:`lmttm_monai.experiments.figures`), drawn from real tiny runs."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def results(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmttm_monai.results", *args], cwd=REPO_ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "lmttm_monai.experiments.results", *args], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=900)  # fmt: skip
 
 
@@ -40,7 +40,7 @@ def linked_pictures(results_md: Path) -> list[Path]:
 
 
 def test_train_loss_is_the_mean_per_epoch_and_a_resumed_epoch_counts_once():
-    from lmttm_monai.results import _read_train_loss
+    from lmttm_monai.experiments.records import read_train_loss as _read_train_loss
 
     line = "2026-12-02 05:48:49,206 - INFO - Epoch: {}/3, Iter: {}/2 -- train_loss: {} \n"
     log = line.format(1, 1, "1.0") + line.format(1, 2, "0.5") + line.format(2, 1, "9.0")  # killed in epoch 2
@@ -51,7 +51,7 @@ def test_train_loss_is_the_mean_per_epoch_and_a_resumed_epoch_counts_once():
 def test_without_matplotlib_the_table_says_how_to_install_it_and_asking_for_figures_is_an_error(
     tmp_path, monkeypatch, capsys
 ):
-    from lmttm_monai import figures, results
+    from lmttm_monai.experiments import figures, results
 
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")] + ["matplotlib"]:
         monkeypatch.setitem(sys.modules, name, None)  # import matplotlib now raises ImportError
@@ -64,12 +64,12 @@ def test_without_matplotlib_the_table_says_how_to_install_it_and_asking_for_figu
         results.table(str(tmp_path), figures=str(tmp_path / "pictures"))
     with pytest.raises(SystemExit):
         results.main(["table", str(tmp_path), "--figures", str(tmp_path / "pictures")])
-    assert capsys.readouterr().err.strip().splitlines()[-1] == f"lmttm_monai.results: error: {missing}"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"lmttm_monai.experiments.results: error: {missing}"
 
 
 def test_a_comparison_without_a_finished_run_gets_no_figures_and_a_line_saying_so(tmp_path):
     pytest.importorskip("matplotlib")
-    from lmttm_monai import results
+    from lmttm_monai.experiments import results
 
     info = {"name": "salstm", "arms": ["U-Net"], "seeds": [0], "overrides": {}, "jobs": 1, "machine": {}}
     (tmp_path / "comparison.json").write_text(json.dumps(info))
@@ -81,7 +81,7 @@ def test_a_comparison_without_a_finished_run_gets_no_figures_and_a_line_saying_s
 
 def test_a_curve_validated_every_4_epochs_is_drawn_at_those_epochs_not_at_its_index(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
-    from lmttm_monai import figures, results
+    from lmttm_monai.experiments import figures, records
 
     # mam_unetr validates every 4 epochs: 5 values over 20 epochs belong to epochs 4, 8, ..., 20
     record = {"arm": "MAM-UNETR", "seed": 0, "curve": [0.1, 0.2, 0.3, 0.4, 0.5], "train_loss": [1.0] * 20}
@@ -89,7 +89,7 @@ def test_a_curve_validated_every_4_epochs_is_drawn_at_those_epochs_not_at_its_in
     (tmp_path / "mam-unetr" / "seed0" / "run.json").write_text(json.dumps(record))
     drawn = []
     monkeypatch.setattr(figures, "_save", lambda figure, path: drawn.append(figure) or str(path))
-    comparison = results._select_arms(results._comparison("mam_unetr"), ["MAM-UNETR"])
+    comparison = records.select_arms(records.comparison_named("mam_unetr"), ["MAM-UNETR"])
     figures.curves(tmp_path, comparison, tmp_path / "curves.png")
     validation, loss = drawn[0].axes[:2]
     assert list(validation.lines[0].get_xdata()) == [4, 8, 12, 16, 20]
@@ -118,7 +118,7 @@ def test_a_classification_run_draws_curves_roc_confusion_and_memory_pictures_lin
     assert len(record["train_loss"]) == 1 and record["train_loss"][0] > 0
 
     # a run.json written before train_loss was recorded: the loss curve is read from train.log instead
-    from lmttm_monai.figures import _train_loss
+    from lmttm_monai.experiments.figures import _train_loss
 
     assert _train_loss(out / "lmttm" / "seed0", {}) == pytest.approx(record["train_loss"], abs=1e-6)
 
@@ -128,7 +128,7 @@ def test_the_memory_picture_of_a_ttm_run_and_none_for_a_resnet(medmnist_dir, tmp
     pytest.importorskip("matplotlib")
     import torch
 
-    from lmttm_monai import figures
+    from lmttm_monai.experiments import figures
 
     for overlay in ("ttm.json", "resnet18.json"):
         run_dir = tmp_path / overlay / "seed0"
@@ -148,7 +148,7 @@ def test_the_memory_picture_of_a_ttm_run_and_none_for_a_resnet(medmnist_dir, tmp
 
 @pytest.mark.slow
 def test_every_picture_prefix_names_its_dataset_the_default_one_too():
-    from lmttm_monai.figures import figure_prefix
+    from lmttm_monai.experiments.figures import figure_prefix
 
     assert figure_prefix("salstm", {}) == "salstm_hippocampus"
     assert figure_prefix("mam_unetr", {}) == "mam_unetr_drive"
@@ -159,7 +159,7 @@ def test_every_picture_prefix_names_its_dataset_the_default_one_too():
 
 def test_a_segmentation_run_draws_curves_and_best_median_worst_overlays(hippocampus_dir, tmp_path):
     pytest.importorskip("matplotlib")
-    from lmttm_monai.results import table
+    from lmttm_monai.experiments.results import table
 
     budget = f"epochs=1,epoch_length=2,max_cases=4,num_workers=0,dataset_dir={hippocampus_dir}"
     made = results("run", "salstm", "--out", str(tmp_path), "--seeds", "0", "--arms", "u-net", "--override", budget)
@@ -178,7 +178,7 @@ def test_a_one_class_overlay_colours_each_pixel_by_where_label_and_prediction_ag
     import numpy as np
     from matplotlib.colors import to_rgb
 
-    from lmttm_monai.figures import BOTH_COLOUR, LABEL_COLOUR, PREDICTION_COLOUR, _agreement_picture
+    from lmttm_monai.experiments.figures import BOTH_COLOUR, LABEL_COLOUR, PREDICTION_COLOUR, _agreement_picture
 
     shown = np.full((2, 3), 0.5)  # rows x columns
     label = np.array([[1, 0], [1, 0], [0, 0]])  # [columns, rows], as the panels hold them

@@ -26,9 +26,9 @@ def build(kind: str, spatial_dims: int, memory: bool, **kwargs):
     size = SIZES[(kind, spatial_dims)]
     if kind == "unetr":
         cls = MemoryUNETR if memory else UNETR
-        return cls(1, 3, img_size=size, spatial_dims=spatial_dims, **UNETR_ARGS, **kwargs)
+        return cls(in_channels=1, out_channels=3, img_size=size, spatial_dims=spatial_dims, **UNETR_ARGS, **kwargs)
     cls = MemorySwinUNETR if memory else SwinUNETR
-    return cls(1, 3, spatial_dims=spatial_dims, **SWIN_ARGS, **kwargs)
+    return cls(in_channels=1, out_channels=3, spatial_dims=spatial_dims, **SWIN_ARGS, **kwargs)
 
 
 def n_params(net: torch.nn.Module) -> int:
@@ -123,7 +123,7 @@ def test_swin_stage_memory_follows_the_cyclic_shift_token_by_token():
     """In a stage of a regular-window block then a shifted-window block, the memory each block hands on must hold,
     at every token, the sum of that same token's queries: the shift is applied to the memory and undone."""
     torch.manual_seed(0)
-    net = MemorySwinUNETR(1, 2, feature_size=12, window_size=4, spatial_dims=3)
+    net = MemorySwinUNETR(3, 1, 2, feature_size=12, window_size=4)
     stage: MemoryBasicLayer = net.swinViT.layers1[0]
     assert any(s > 0 for s in stage.blocks[1].shift_size)
     stage.eval()
@@ -143,7 +143,7 @@ def test_ists_empties_the_memory_at_each_patch_merging_and_sts_carries_it_on():
     torch.manual_seed(0)
     entering = {}
     for transmission in ("ists", "sts"):
-        net = MemorySwinUNETR(1, 2, feature_size=12, window_size=4, spatial_dims=2, transmission=transmission)
+        net = MemorySwinUNETR(2, 1, 2, feature_size=12, window_size=4, transmission=transmission)
         first_block = net.swinViT.layers2[0].blocks[0]
         first_block.register_forward_pre_hook(lambda m, args, t=transmission: entering.__setitem__(t, args[2]))
         outputs(net, torch.randn(1, 1, 64, 64))
@@ -201,9 +201,10 @@ def test_invalid_transmission_and_network_are_clear_errors():
 
 
 def test_registry_builds_both_memory_networks():
-    unetr = get_network("memory_unetr", in_channels=1, out_channels=2, img_size=32, **UNETR_ARGS)
+    unetr = get_network("memory_unetr", spatial_dims=3, in_channels=1, out_channels=2, img_size=32, **UNETR_ARGS)
     assert isinstance(unetr, MemoryUNETR)
-    assert isinstance(get_network("memory_swin_unetr", in_channels=1, out_channels=2, feature_size=12), MemorySwinUNETR)
+    swin = get_network("memory_swin_unetr", spatial_dims=3, in_channels=1, out_channels=2, feature_size=12)
+    assert isinstance(swin, MemorySwinUNETR)
 
 
 def test_memory_unetr_survives_torchscript_with_the_same_output():
@@ -226,7 +227,7 @@ def test_self_supervised_swin_weights_load_through_the_inherited_load_from():
         for old, new in rename.items():
             key = key.replace(old, new)
         ssl[f"module.{key}"] = value
-    net = MemorySwinUNETR(1, 3, feature_size=12)
+    net = MemorySwinUNETR(3, 1, 3, feature_size=12)
     net.load_from({"state_dict": ssl})
     for key, value in source.items():
         assert torch.equal(net.swinViT.state_dict()[key], value), key

@@ -11,7 +11,7 @@ from ignite.engine import Engine
 from medmnist import Evaluator
 
 from lmttm_monai.data import load_medmnist3d
-from lmttm_monai.metrics import MedMNISTMetric, medmnist_metric
+from lmttm_monai.handlers.medmnist_metrics import MedMNISTMetric, medmnist_metric
 
 
 def _run_metric(metric: MedMNISTMetric, scores: np.ndarray, labels: np.ndarray, batch: int = 32) -> float:

@@ -36,8 +36,14 @@ from lmttm_monai.apps.monailabel import start_command
 
 requests = pytest.importorskip("requests")
 
+pytestmark = pytest.mark.slow
+
 LABEL_PYTHON_ENV = "LMTTM_LABEL_PYTHON"
 REQUIRE_ENV = "LMTTM_REQUIRE_LABEL"
+# .ci/run builds the MONAI Label environment while the other tests run: it names the file that receives the
+# build's exit status (its log beside it, same name with .log), and these tests wait for it
+READY_ENV = "LMTTM_LABEL_READY"
+INSTALL_TIMEOUT_S = 1800
 BUNDLES = ("lmttm", "mam_swinunetr", "mam_unetr", "salstm")
 UNTRAINED = "salstm_untrained"  # a bundle folder without models/model.pt
 HIPPOCAMPUS_CASES = ("hippocampus_331", "hippocampus_180", "hippocampus_372")  # of the bundles' test split
@@ -49,7 +55,22 @@ TRAIN_TIMEOUT_S = 600
 CLEAN_EXIT = (0, -signal.SIGINT)
 
 
+def _wait_for_the_install() -> None:
+    status = Path(os.environ[READY_ENV])
+    deadline = time.monotonic() + INSTALL_TIMEOUT_S
+    while not status.is_file() or not status.read_text().strip():
+        if time.monotonic() > deadline:
+            pytest.fail(f"the MONAI Label environment was not built within {INSTALL_TIMEOUT_S} s ({status} missing)")
+        time.sleep(5)
+    if status.read_text().strip() != "0":
+        log = status.with_suffix(".log")
+        tail = log.read_text()[-3000:] if log.is_file() else "(no log)"
+        pytest.fail(f"building the MONAI Label environment failed (exit {status.read_text().strip()}):\n{tail}")
+
+
 def _label_python() -> str:
+    if os.environ.get(READY_ENV):
+        _wait_for_the_install()
     python = os.environ.get(LABEL_PYTHON_ENV)
     if not python:
         message = (

@@ -1,4 +1,4 @@
-"""Outputs are never replaced unasked and never half-written (``lmttm_monai.outputs``, the savers built on it)."""
+"""Outputs are never replaced unasked and never half-written (``lmttm_monai.utils.outputs``, the savers built on it)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 
-from lmttm_monai.checkpointing import CheckpointSaver, atomic_torch_save
+from lmttm_monai.handlers.training_checkpoint import CheckpointSaver, atomic_torch_save
 from lmttm_monai.data import AtomicSaveImage, ClassProbabilitySaver
-from lmttm_monai.errors import UserError
-from lmttm_monai.outputs import OutputExistsError, as_bool, atomic_path, refuse_overwrite
+from lmttm_monai.utils.errors import UserError
+from lmttm_monai.utils.outputs import OutputExistsError, as_bool, atomic_path, refuse_overwrite
 
 
 def test_atomic_path_replaces_only_with_a_complete_file_and_keeps_the_old_one_on_failure(tmp_path):

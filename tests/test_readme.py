@@ -24,6 +24,8 @@ import pytest
 
 from conftest import REPO_ROOT
 
+from lmttm_monai.utils.bundles import BUNDLES_ENV
+
 README = REPO_ROOT / "README.md"
 
 pytestmark = pytest.mark.slow
@@ -35,8 +37,9 @@ NOT_RUN = {
     "python -m pytest": "the test command itself, run by .ci/run",
     " download ": "downloads need GitHub or Hugging Face; tests/test_release.py downloads from a local HTTP server",
     "downloaded/": "runs a downloaded bundle, see the line above",
-    "benchmarks/": "a benchmark, measured and reported in the model card, not a functional check",
-    "lmttm_monai.bench": "a benchmark of minutes that needs the authors' code: tests/test_bench.py runs it small",
+    "lmttm_monai.experiments.mam_cost": "a benchmark, measured and reported in the model card, not a functional check",
+    "lmttm_monai.experiments.salstm_cost": "a benchmark, as above",
+    "lmttm_monai.experiments.bench": "a benchmark of minutes that needs the authors' code: tests/test_bench.py runs it small",
     "label-install.sh": "builds MONAI Label's own environment: .ci/run runs it before the tests",
     "start_server": "a server that runs until stopped: tests/test_monailabel.py starts it and talks to it",
     "label serve": "the same server, started by lmttm-monai (tests/test_cli.py checks the command it runs)",
@@ -87,7 +90,7 @@ def _without(args: list[str], keys: tuple[str, ...]) -> list[str]:
 def budgeted(command: str) -> str:
     """``command`` with the quick budget of its bundle appended (replacing the README's own ``--epochs``); a results
     comparison runs one seed of two arms for one short epoch."""
-    if command.startswith("python -m lmttm_monai.results run "):
+    if command.startswith("python -m lmttm_monai.experiments.results run "):
         command = re.sub(r"--seeds \S+", "--seeds 0 --arms lmttm,ttm", command.replace("--jobs 2", "--jobs 1"))
         return re.sub(r"epochs=\d+", "epochs=1,epoch_length=2,num_workers=0,batch_size=8", command)
     bundle = _bundle_of(command)
@@ -107,7 +110,6 @@ def workspace(tmp_path_factory, medmnist_dir, hippocampus_dir, drive_dir):
     # the shipped models/model.pt come along (the README infers with them first), a local run's other files do not
     shutil.copytree(REPO_ROOT / "bundles", repo / "bundles",
                     ignore=shutil.ignore_patterns("checkpoint.pt", "*.ts", "eval", "__pycache__"))  # fmt: skip
-    shutil.copytree(REPO_ROOT / "benchmarks", repo / "benchmarks")
     (root / "shared").mkdir()
     os.symlink(medmnist_dir.parent, root / "shared" / "data")
     inputs = repo / "path" / "to"
@@ -125,6 +127,7 @@ def workspace(tmp_path_factory, medmnist_dir, hippocampus_dir, drive_dir):
 
 def test_every_readme_command_runs_in_the_readmes_order(workspace):
     env = {**os.environ, "HOME": str(workspace.parent / "home"), "PYTHONWARNINGS": "ignore"}
+    env[BUNDLES_ENV] = str(workspace / "bundles")  # lmttm-monai uses the copy, not the installed bundles
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the tests' python and lmttm-monai
     ran, failures = [], []
     for command in readme_commands():
@@ -144,7 +147,7 @@ def test_every_readme_command_runs_in_the_readmes_order(workspace):
     # the README's main job and each command family really ran (a parsing slip would silently run nothing)
     assert any(c.startswith("python -m monai.bundle run training --config_file bundles/lmttm/configs/train.json") for c in ran)
     for family in ("lmttm-monai list", "lmttm-monai train", "lmttm-monai infer", "torchrun", "ckpt_export", "release package",
-                   "lmttm_monai.results run", "--resume true"):
+                   "lmttm_monai.experiments.results run", "--resume true"):
         assert any(family in c for c in ran), family
     assert (workspace / "runs" / "lmttm" / "models" / "model.pt").is_file()
     assert list((workspace / "runs" / "mam_swinunetr-folder").glob("*_seg.nii.gz"))
@@ -155,4 +158,5 @@ def test_ci_installs_and_tests_as_the_readme_says():
     ci = (REPO_ROOT / ".ci" / "run").read_text()
     install = next(c for c in readme_commands() if c.startswith("pip install torch"))
     assert install.replace("pip install", "pip install -q") in ci
-    assert "python -m pytest -q" in ci and "python -m pytest -q tests" in readme_commands()
+    (full,) = [c for c in readme_commands() if c.startswith("python -m pytest") and "not slow" not in c]
+    assert full.endswith(" tests") and full.replace("python -m pytest -q", "python -m pytest -q -rs --durations=20") in ci

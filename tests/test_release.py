@@ -1,7 +1,7 @@
 """The release path end to end, on the real AdrenalMNIST3D data: a copy of bundles/lmttm with its shipped weights,
-``python -m lmttm_monai.release package`` turns it into a release, a local HTTP server on 127.0.0.1 serves it, and it
+``python -m lmttm_monai.bundle.release package`` turns it into a release, a local HTTP server on 127.0.0.1 serves it, and it
 comes back the three ways a user can download it (``monai.bundle download --url``, ``monai.apps.download_and_extract``
-with a hash, ``python -m lmttm_monai.release download --hash_val``) to be loaded and run. Then each way a release
+with a hash, ``python -m lmttm_monai.bundle.release download --hash_val``) to be loaded and run. Then each way a release
 can go wrong, through the command line: exit status 1 and a one-line error as the last line of stderr.
 
 Runs that do not depend on each other start together (``run_together``): each one spends seconds importing MONAI.
@@ -34,12 +34,12 @@ from monai.apps import download_and_extract
 from monai.apps.utils import HashCheckError
 
 from conftest import REPO_ROOT
-from lmttm_monai import release as rel
+from lmttm_monai.bundle import release as rel
 
 BUNDLES = REPO_ROOT / "bundles"
 NAMES = ("lmttm", "mam_swinunetr", "mam_unetr", "salstm")
-CLI = "lmttm_monai.release"
-ERROR = "lmttm_monai.release: error: "
+CLI = "lmttm_monai.bundle.release"
+ERROR = "lmttm_monai.bundle.release: error: "
 WRONG_HASH = hashlib.sha256(b"not this release").hexdigest()
 # one thread per run: the runs share two cores, and OpenMP threads spinning while they wait would take them from others
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -48,7 +48,7 @@ pytestmark = pytest.mark.slow
 
 
 def release_cli(*args: str) -> list[str]:
-    """The argument list of ``python -m lmttm_monai.release ARGS`` for :func:`run_together`."""
+    """The argument list of ``python -m lmttm_monai.bundle.release ARGS`` for :func:`run_together`."""
     return ["-m", CLI, *args]
 
 
@@ -73,7 +73,7 @@ def run_together(commands: dict[str, list[str]], logs: Path) -> dict:
 
 
 def assert_refused(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    """The command failed with status 1 and its last line of stderr is one ``lmttm_monai.release: error:`` line
+    """The command failed with status 1 and its last line of stderr is one ``lmttm_monai.bundle.release: error:`` line
     holding every fragment; returns that line."""
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
@@ -172,7 +172,7 @@ def scenario(medmnist_dir, server, tmp_path_factory) -> Scenario:
     1. copy bundles/lmttm with its shipped weights; the refusals that need no release (a download onto an existing
        folder, the package of a bundle that fails a check);
     2. infer with the copy, and package it into the served folder;
-    3. download the release with ``monai.bundle download --url`` (into d1) and ``lmttm_monai.release download
+    3. download the release with ``monai.bundle download --url`` (into d1) and ``lmttm_monai.bundle.release download
        --hash_val`` (into d3);
     4. infer with the bundle that monai.bundle downloaded; meanwhile, the refusals of damaged releases and of an
        existing zip.
@@ -414,7 +414,7 @@ def test_help_of_each_command_says_what_it_does_with_an_example(command, capsys)
     assert info.value.code == 0
     captured = capsys.readouterr()
     shown = captured.out + captured.err  # fire writes help to stdout on a terminal, else to stderr
-    assert "Example:" in shown and f"python -m lmttm_monai.release {command}" in shown
+    assert "Example:" in shown and f"python -m lmttm_monai.bundle.release {command}" in shown
 
 
 @pytest.mark.parametrize(

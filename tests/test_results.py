@@ -1,4 +1,4 @@
-"""``python -m lmttm_monai.results``: seeds x arms through the bundle configs, a table, and reruns that keep results."""
+"""``python -m lmttm_monai.experiments.results``: seeds x arms through the bundle configs, a table, and reruns that keep results."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def results(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmttm_monai.results", *args], cwd=REPO_ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "lmttm_monai.experiments.results", *args], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=1800)  # fmt: skip
 
 
@@ -59,7 +59,7 @@ def test_a_resumed_run_is_recorded_as_resumed_and_its_partial_time_is_left_out_o
 
 
 def test_an_override_to_none_sets_none_in_the_bundle_instead_of_being_dropped(tmp_path):
-    from lmttm_monai.results import _override_args
+    from lmttm_monai.experiments.results import _override_args
 
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"loss": {"weight": [1.0, 2.0]}, "check": "$print('weight is', @loss#weight)"}))
@@ -75,7 +75,7 @@ def test_an_unknown_comparison_or_arm_is_one_line_naming_the_choices(tmp_path):
     unknown = results("run", "nope", "--out", str(tmp_path))
     assert unknown.returncode == 1
     assert unknown.stderr.strip().splitlines()[-1] == (
-        "lmttm_monai.results: error: unknown comparison 'nope'; choose one of lmttm, mam_swinunetr, mam_unetr, salstm"
+        "lmttm_monai.experiments.results: error: unknown comparison 'nope'; choose one of lmttm, mam_swinunetr, mam_unetr, salstm"
     )
     arm = results("run", "lmttm", "--out", str(tmp_path), "--arms", "vit")
     assert arm.returncode == 1 and arm.stderr.strip().splitlines()[-1].endswith(
@@ -89,7 +89,7 @@ def test_an_override_given_twice_is_refused_with_the_one_flag_to_give_instead_an
                     "--override=dataset_dir=/data/medmnist")  # fmt: skip
     assert twice.returncode == 1
     assert twice.stderr.strip().splitlines()[-1] == (
-        "lmttm_monai.results: error: --override is given 2 times (epochs=100, dataset_dir=/data/medmnist) and only"
+        "lmttm_monai.experiments.results: error: --override is given 2 times (epochs=100, dataset_dir=/data/medmnist) and only"
         " the last would be used: give it once (a flag that takes several values takes them joined by commas:"
         " --override epochs=100,dataset_dir=/data/medmnist)"
     )
@@ -101,5 +101,5 @@ def test_an_override_of_a_nested_key_reaches_the_command_whole_not_cut_at_the_ha
     cut = results("run", "lmttm", "--out", str(tmp_path), "--arms", "lmttm", "--override", "loss#weight")
     assert cut.returncode == 1
     assert cut.stderr.strip().splitlines()[-1] == (
-        "lmttm_monai.results: error: override 'loss#weight' is not key=value (for example epochs=50)"
+        "lmttm_monai.experiments.results: error: override 'loss#weight' is not key=value (for example epochs=50)"
     )

@@ -90,7 +90,7 @@ def test_each_model_card_reports_its_default_configs_score_over_at_least_3_seeds
 @pytest.mark.parametrize("bundle", sorted(DEFAULT_RUNS))
 def test_each_bundles_metadata_eval_metrics_are_its_shipped_models_scores_else_the_mean_of_its_default_runs(bundle):
     meta = json.loads((REPO_ROOT / "bundles" / bundle / "configs" / "metadata.json").read_text())
-    shipped = RAW / "shipped" / f"{bundle}.json"  # python -m lmttm_monai.ship: the scores of the weights in the bundle
+    shipped = RAW / "shipped" / f"{bundle}.json"  # python -m lmttm_monai.bundle.ship: the scores of the weights in the bundle
     if shipped.is_file():
         expected = {m: round(v, 4) for m, v in json.loads(shipped.read_text())["metrics"].items()}
     else:

@@ -1,5 +1,5 @@
 """Training survives SIGKILL: a real bundle run is killed in the middle of an epoch, resumed with ``--resume true``,
-and ends with the same weights as an uninterrupted run with the same seed (``lmttm_monai.checkpointing``)."""
+and ends with the same weights as an uninterrupted run with the same seed (``lmttm_monai.handlers.training_checkpoint``)."""
 
 from __future__ import annotations
 

@@ -4,13 +4,15 @@ Each is a small fp32 state dict that loads into its bundle's inference network; 
 (``docs/results/shipped/NAME.json``), ``metadata.json`` (version, ``eval_metrics``), ``large_files.yml`` (url and
 sha256) and model card agree with it; re-scored through the bundle's own ``evaluate.json`` on the test split the
 card reports, it reaches ``eval_metrics`` to ±0.002; and inference with no training and no ``--ckpt_dir``, from a
-folder outside the checkout, gives correct predictions. ``python -m lmttm_monai.ship`` writes all of these
+folder outside the checkout, gives correct predictions. ``python -m lmttm_monai.bundle.ship`` writes all of these
 together; the last test runs it on a tiny training.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,8 +26,9 @@ import yaml
 from bundle_helpers import bundle, config_list, dice, read_rows
 from conftest import HIPPOCAMPUS_DIR, MEDMNIST_DIR, REPO_ROOT, SHIPPED_BUNDLES
 
-from lmttm_monai import ship as shipping
-from lmttm_monai.release import asset_url
+from lmttm_monai.bundle import ship as shipping
+from lmttm_monai.bundle.release import asset_url, version_mentions
+from lmttm_monai.utils.bundles import BUNDLES_ENV
 
 BUNDLES = REPO_ROOT / "bundles"
 CLI = Path(sys.executable).parent / "lmttm-monai"
@@ -49,8 +52,12 @@ def assert_in_step(repo: Path, name: str) -> dict:
     record = json.loads((repo / "docs" / "results" / "shipped" / f"{name}.json").read_text())
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     assert record["sha256"] == shipping.sha256(weights) and record["bytes"] == weights.stat().st_size
-    assert record["bundle"] == name and record["version"] == meta["version"]
-    assert meta["version"] in meta["changelog"] and f"seed {record['seed']}" in meta["changelog"][meta["version"]]
+    # the record names the version that shipped these weights; later versions (python -m lmttm_monai.bundle.release
+    # bump) keep them, and large_files.yml names the current version's asset
+    assert record["bundle"] == name and record["version"] in meta["changelog"]
+    assert f"shipped model: {record['arm']} seed {record['seed']}" in meta["changelog"][record["version"]]
+    shipped_after = list(meta["changelog"]).index(record["version"])
+    assert not any("shipped model" in line for line in list(meta["changelog"].values())[:shipped_after])
     assert meta["eval_metrics"] == {k: round(v, 4) for k, v in record["metrics"].items()}
     (entry,) = yaml.safe_load((root / "large_files.yml").read_text())["large_files"]
     assert entry == {"path": "models/model.pt", "url": asset_url(name, meta["version"]),
@@ -86,7 +93,7 @@ def test_each_shipped_models_record_metadata_large_files_and_card_agree(name):
 def test_every_download_command_and_release_tag_in_the_readme_and_card_names_the_bundles_current_version(name):
     version = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())["version"]
     for doc in (REPO_ROOT / "README.md", BUNDLES / name / "docs" / "README.md"):
-        named = {m.group(2) for m in shipping.version_mentions(name).finditer(doc.read_text())}
+        named = {m.group(2) for m in version_mentions(name).finditer(doc.read_text())}
         assert named <= {version}, f"{doc.relative_to(REPO_ROOT)} names {name} {sorted(named)}, not {version}"
 
 
@@ -127,12 +134,49 @@ def _infer(name: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> tuple[Path, dict]:
+    """The project installed as a user installs it without ``-e``: pip builds a wheel from a copy of the source tree
+    (bundles and shipped models go in as package data) into a folder of its own; and the environment that imports
+    lmttm_monai from there, not from this checkout."""
+    source, target = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("site")
+    listed = subprocess.run(["git", "-C", str(REPO_ROOT), "ls-files", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, text=True, check=True).stdout.split("\n")  # fmt: skip
+    for name in filter(None, listed):
+        if (REPO_ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, source / name)
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target)]
+    result = subprocess.run([*pip, str(source)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    env = {k: v for k, v in os.environ.items() if k != BUNDLES_ENV}
+    return target, {**env, "PYTHONPATH": str(target)}
+
+
 @pytest.mark.slow
-def test_lmttm_infers_the_test_split_with_its_shipped_model_and_no_training(tmp_path):
+def test_a_regular_install_lists_its_own_bundles_and_infers_with_the_shipped_lmttm_from_another_folder(
+    installed, tmp_path
+):
     from sklearn.metrics import roc_auc_score
 
-    _infer("lmttm", tmp_path, "--dataset_dir", str(MEDMNIST_DIR), "--output_dir", str(tmp_path / "out"))
-    header, *rows = read_rows(tmp_path / "out" / "predictions.csv")
+    target, env = installed
+    cli = [sys.executable, str(target / "bin" / "lmttm-monai")]
+    code = "import lmttm_monai.utils as u; print(u.__file__); print(u.bundles_dir())"
+    where = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           check=True).stdout.split()  # fmt: skip
+    assert [Path(p).is_relative_to(target) for p in where] == [True, True], where
+    listed = subprocess.run([*cli, "list"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout
+    for name in ("lmttm", "mam_swinunetr", "mam_unetr", "salstm"):
+        version = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())["version"]
+        assert re.search(rf"^  {name} +v{re.escape(version)} ", listed, re.M), listed
+
+    out = tmp_path / "out"
+    args = ["infer", "lmttm", "--num_workers", "0", "--dataset_dir", str(MEDMNIST_DIR), "--output_dir", str(out)]
+    result = subprocess.run([*cli, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = target / "lmttm_monai" / "bundles" / "lmttm" / "models" / "model.pt"
+    assert f"(weights {weights})" in result.stdout  # the installed copy of the shipped model, said so
+    header, *rows = read_rows(out / "predictions.csv")
     probability = np.array([float(row[header.index("prob_hyperplasia")]) for row in rows])
     labels = np.load(MEDMNIST_DIR / "adrenalmnist3d.npz")["test_labels"].reshape(-1)
     assert len(rows) == len(labels) == 298
@@ -174,7 +218,7 @@ def test_ship_writes_weights_record_metadata_large_files_and_card_together_and_k
     assert record["overrides"]["epochs"] == "1" and "epochs=1" in shipping.card_section(record)
     assert str(tmp_path) not in json.dumps(record)
     card = (repo / "bundles" / "salstm" / "docs" / "README.md").read_text()
-    assert {m.group(2) for m in shipping.version_mentions("salstm").finditer(card)} == {record["version"]}
+    assert {m.group(2) for m in version_mentions("salstm").finditer(card)} == {record["version"]}
 
     # the same run again changes nothing; another run's weights replace the shipped ones only when asked
     again = shipping.ship("salstm", seed=0, out=str(tmp_path / "runs"), override=tiny, repo=str(repo))
@@ -186,3 +230,29 @@ def test_ship_writes_weights_record_metadata_large_files_and_card_together_and_k
     replaced = assert_in_step(repo, "salstm")
     assert replaced["seed"] == 1 and replaced["sha256"] != record["sha256"]
     assert replaced["version"] == shipping._next_version(record["version"])
+
+
+def test_bump_writes_a_new_version_everywhere_and_refuses_a_used_version_or_a_changelog_paragraph(tmp_path):
+    import lmttm_monai
+    from lmttm_monai.bundle.release import ReleaseError, set_version
+
+    for name in ("salstm", "mam_unetr"):  # with shipped weights, and without
+        root = Path(shutil.copytree(BUNDLES / name, tmp_path / name, ignore=shutil.ignore_patterns("eval")))
+        (tmp_path / "README.md").write_text(f"python -m monai.bundle download --name {name} --version 0.0.1 ...\n")
+        old = json.loads((root / "configs" / "metadata.json").read_text())
+        set_version(str(root), "9.9.9", "one line", repo=str(tmp_path))
+        meta = json.loads((root / "configs" / "metadata.json").read_text())
+        assert meta["version"] == "9.9.9" and list(meta["changelog"].items())[0] == ("9.9.9", "one line")
+        assert meta["changelog"] == {"9.9.9": "one line", **old["changelog"]}
+        assert meta["required_packages_version"]["lmttm-monai"] == lmttm_monai.__version__
+        (entry,) = yaml.safe_load((root / "large_files.yml").read_text())["large_files"]
+        assert entry["url"] == asset_url(name, "9.9.9")
+        if (root / "models" / "model.pt").is_file():
+            assert entry["hash_val"] == shipping.sha256(root / "models" / "model.pt")
+        for doc in (root / "docs" / "README.md", tmp_path / "README.md"):
+            assert {m.group(2) for m in version_mentions(name).finditer(doc.read_text())} <= {"9.9.9"}
+        assert "--version 9.9.9" in (tmp_path / "README.md").read_text()
+        with pytest.raises(ReleaseError, match="already in the changelog"):
+            set_version(str(root), "9.9.9", "again")
+        with pytest.raises(ReleaseError, match="one line"):
+            set_version(str(root), "9.9.10", "two\nlines")

@@ -360,7 +360,7 @@ def test_training_reads_the_hippocampus_without_simpleitk_imported_only_on_first
     (tmp_path / "SimpleITK" / "__init__.py").write_text("raise ImportError('SimpleITK is not installed here')\n")
     script = f"""
 from monai.bundle import ConfigParser
-import lmttm_monai.data, lmttm_monai.results
+import lmttm_monai.data, lmttm_monai.experiments.results
 parser = ConfigParser()
 parser.read_config({str(REPO_ROOT / "bundles" / "mam_swinunetr" / "configs" / "train.json")!r})
 parser["dataset_dir"] = {str(hippocampus_dir)!r}

@@ -1,4 +1,4 @@
-"""lmttm_monai.zoo: model-zoo's CI checks, offline, on the repository's four bundles and on broken copies of them.
+"""lmttm_monai.bundle.zoo: model-zoo's CI checks, offline, on the repository's four bundles and on broken copies of them.
 
 The repository holds no weights, so the checks that need ``models/model.pt`` run on copies whose weights are the
 state dict of a freshly built ``network_def`` (as model-zoo's ``_produce_fake_weights`` makes them).
@@ -16,9 +16,9 @@ import torch
 from monai.bundle import ConfigParser
 
 import lmttm_monai
-from conftest import REPO_ROOT, require_path
-from lmttm_monai import zoo
-from lmttm_monai.zoo import BundleCheckError
+from conftest import REPO_ROOT, SCHEMA, require_path
+from lmttm_monai.bundle import zoo
+from lmttm_monai.bundle.zoo import BundleCheckError
 
 BUNDLES = REPO_ROOT / "bundles"
 NAMES = ("lmttm", "mam_swinunetr", "mam_unetr", "salstm")
@@ -94,10 +94,9 @@ def test_repository_bundle_version_has_a_changelog_entry(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_repository_bundle_metadata_validates_against_the_shared_schema_offline(name, monkeypatch):
-    require_path(zoo.DEFAULT_SCHEMA)
-    monkeypatch.delenv(zoo.SCHEMA_ENV, raising=False)
+    monkeypatch.setenv(zoo.SCHEMA_ENV, str(require_path(SCHEMA)))
     summary = zoo.verify_metadata_format(BUNDLES / name)
-    assert str(zoo.DEFAULT_SCHEMA) in summary and "downloaded" not in summary
+    assert str(SCHEMA) in summary and "downloaded" not in summary
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -158,7 +157,7 @@ def test_required_package_pin_that_differs_from_the_package_is_refused(lmttm):
 
 def test_schema_named_by_the_environment_variable_is_used(lmttm, tmp_path, monkeypatch):
     schema = tmp_path / "schema.json"
-    shutil.copyfile(require_path(zoo.DEFAULT_SCHEMA), schema)
+    shutil.copyfile(require_path(SCHEMA), schema)
     monkeypatch.setenv(zoo.SCHEMA_ENV, str(schema))
     assert str(schema) in zoo.verify_metadata_format(lmttm)
     monkeypatch.setenv(zoo.SCHEMA_ENV, str(tmp_path / "absent.json"))
@@ -167,7 +166,7 @@ def test_schema_named_by_the_environment_variable_is_used(lmttm, tmp_path, monke
 
 def test_metadata_that_breaks_the_schema_is_refused_on_one_line(lmttm):
     meta_file = lmttm / "configs" / "metadata.json"
-    require_path(zoo.DEFAULT_SCHEMA)
+    require_path(SCHEMA)
     edit_json(meta_file, lambda meta: meta.pop("authors"))
     refused(zoo.verify_metadata_format, lmttm, naming=meta_file, match="does not match the schema.*authors")
 

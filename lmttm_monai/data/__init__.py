@@ -15,7 +15,8 @@ from lmttm_monai.data.medmnist3d import (
 from lmttm_monai.data.paths import data_root, default_dataset_dir
 from lmttm_monai.data.saving import AtomicSaveImage, AtomicSaveImaged, unwritten
 from lmttm_monai.data.segmentation import SPLITS, ValidateSegmentationd, decathlon_datalist, source_name
-from lmttm_monai.data.sitk_io import SaveLikeInputd, SimpleITKReader, SimpleITKWriter, output_ext_for
+from lmttm_monai.data.saving import output_ext_for
+from lmttm_monai.data.sitk_io import SaveLikeInputd, SimpleITKReader, SimpleITKWriter
 from lmttm_monai.data.volumes import image_datalist, volume_datalist
 
 __all__ = [

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from monai.data import CSVSaver
 
-from lmttm_monai.outputs import atomic_path
+from lmttm_monai.utils.outputs import atomic_path
 
 __all__ = ["ClassProbabilitySaver"]
 
@@ -29,7 +29,7 @@ class ClassProbabilitySaver(CSVSaver):
         with_prediction: add the ``predicted_class`` column.
         overwrite: replace an existing file (MONAI's default); otherwise rows are added to it, under its header.
 
-    The file is written atomically when the run ends (:func:`lmttm_monai.outputs.atomic_path`): a killed run leaves
+    The file is written atomically when the run ends (:func:`lmttm_monai.utils.outputs.atomic_path`): a killed run leaves
     the earlier file as it was (MONAI's saver deletes it when it is created) and never a CSV cut short.
     """
 

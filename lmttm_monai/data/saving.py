@@ -19,7 +19,7 @@ from monai.data import MetaTensor
 from monai.transforms import SaveImage, SaveImaged
 from monai.utils import MetaKeys
 
-__all__ = ["AtomicSaveImage", "AtomicSaveImaged", "unwritten"]
+__all__ = ["AtomicSaveImage", "AtomicSaveImaged", "SEGMENTATION_EXTS", "output_ext_for", "unwritten"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,32 @@ class AtomicSaveImaged(SaveImaged):
         self.saver.__class__ = AtomicSaveImage
 
 
+SEGMENTATION_EXTS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")  # longest first: ".nii.gz" before ".nii"
+
+
+def output_ext_for(path: PathLike | Sequence[PathLike]) -> str:
+    """The file extension a segmentation of the input ``path`` should be written with.
+
+    NIfTI (``.nii``, ``.nii.gz``), MetaImage (``.mha``, ``.mhd``) and NRRD (``.nrrd``, ``.nhdr``) inputs keep their
+    own extension (lower case), so the segmentation opens next to its image in the same tools. Everything else gets
+    ``.nii.gz``:
+
+    - a DICOM series folder, because SimpleITK writes DICOM only as plain images (one file per slice), not as the
+      DICOM Segmentation objects that viewers expect for a label map; NIfTI keeps its geometry just as well;
+    - ``.npy`` (and any other file), because NumPy stores no spacing, origin or direction; a NIfTI with MONAI's
+      affine is the closest thing to "the input's space".
+
+    ``path`` may be a sequence (the ``filename_or_obj`` of a multi-file item): its first entry decides.
+    """
+    if isinstance(path, Sequence) and not isinstance(path, str):
+        path = path[0]
+    name = os.fspath(path).lower()
+    for ext in SEGMENTATION_EXTS:
+        if name.endswith(ext):
+            return ext
+    return ".nii.gz"
+
+
 def unwritten(
     datalist: Sequence[dict],
     output_dir: str | PathLike,
@@ -73,8 +99,7 @@ def unwritten(
     ``output_ext``, or :func:`~lmttm_monai.data.output_ext_for` of the input when ``None``), and items whose file
     exists are left out. The files are whole, since every one was written atomically.
     """
-    from lmttm_monai.data.sitk_io import output_ext_for
-    from lmttm_monai.outputs import as_bool
+    from lmttm_monai.utils.outputs import as_bool
 
     if not as_bool(resume, "resume"):
         return list(datalist)

@@ -39,7 +39,7 @@ from monai.utils import (
     optional_import,
 )
 
-from lmttm_monai.data.saving import AtomicSaveImage
+from lmttm_monai.data.saving import AtomicSaveImage, output_ext_for
 
 # imported on first use, so that training and evaluation, which read NIfTI with nibabel, run without SimpleITK
 sitk, _ = optional_import("SimpleITK")
@@ -52,6 +52,8 @@ __all__ = [
     "SimpleITKReader",
     "SimpleITKWriter",
     "is_dicom_series_dir",
+    "error_line",
+    "itk_warnings_off",
     "output_ext_for",
 ]
 
@@ -59,10 +61,9 @@ SIMPLEITK_READ_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
 # the suffixes MONAI resolves to SimpleITKWriter; NIfTI keeps MONAI's NibabelWriter (SimpleITKWriter can be named
 # explicitly with SaveImage(writer=...) for it)
 SIMPLEITK_WRITE_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
-_SEGMENTATION_EXTS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")  # longest first: ".nii.gz" before ".nii"
 
 
-def _one_line(error: Exception) -> str:
+def error_line(error: Exception) -> str:
     """What SimpleITK said, on one line: its message without the C++ source location and object addresses."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     # the first line is "Exception thrown in SimpleITK <call>: <source file>:<line>:" -- where it failed, not why
@@ -74,7 +75,7 @@ def _one_line(error: Exception) -> str:
 
 
 @contextmanager
-def _itk_warnings_off() -> Iterator[None]:
+def itk_warnings_off() -> Iterator[None]:
     """Silence ITK's warnings (printed straight to stderr) for a probe whose failure is reported by the caller."""
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
@@ -100,7 +101,7 @@ def _locale_kept() -> Iterator[None]:
 
 
 def _dicom_series_ids(folder: str) -> tuple[str, ...]:
-    with _itk_warnings_off():  # GDCM warns "No Series were found" for every folder without DICOM
+    with itk_warnings_off():  # GDCM warns "No Series were found" for every folder without DICOM
         return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder))
 
 
@@ -108,29 +109,6 @@ def is_dicom_series_dir(path: PathLike) -> bool:
     """Whether ``path`` is a folder holding at least one DICOM series (files directly in it, not in subfolders)."""
     path = os.fspath(path)
     return os.path.isdir(path) and bool(_dicom_series_ids(path))
-
-
-def output_ext_for(path: PathLike | Sequence[PathLike]) -> str:
-    """The file extension a segmentation of the input ``path`` should be written with.
-
-    NIfTI (``.nii``, ``.nii.gz``), MetaImage (``.mha``, ``.mhd``) and NRRD (``.nrrd``, ``.nhdr``) inputs keep their
-    own extension (lower case), so the segmentation opens next to its image in the same tools. Everything else gets
-    ``.nii.gz``:
-
-    - a DICOM series folder, because SimpleITK writes DICOM only as plain images (one file per slice), not as the
-      DICOM Segmentation objects that viewers expect for a label map; NIfTI keeps its geometry just as well;
-    - ``.npy`` (and any other file), because NumPy stores no spacing, origin or direction; a NIfTI with MONAI's
-      affine is the closest thing to "the input's space".
-
-    ``path`` may be a sequence (the ``filename_or_obj`` of a multi-file item): its first entry decides.
-    """
-    if isinstance(path, Sequence) and not isinstance(path, str):
-        path = path[0]
-    name = os.fspath(path).lower()
-    for ext in _SEGMENTATION_EXTS:
-        if name.endswith(ext):
-            return ext
-    return ".nii.gz"
 
 
 @dataclass
@@ -226,7 +204,7 @@ class SimpleITKReader(ImageReader):
             with _locale_kept():
                 image = sitk.ReadImage(source, **options)
         except RuntimeError as e:
-            raise ValueError(f"{path}: SimpleITK cannot read it: {_one_line(e)}") from e
+            raise ValueError(f"{path}: SimpleITK cannot read it: {error_line(e)}") from e
         return SimpleITKImage(image, path)
 
     def get_data(self, img: SimpleITKImage | sitk.Image | Sequence) -> tuple[np.ndarray, dict]:
@@ -403,7 +381,7 @@ class SimpleITKWriter(ImageWriter):
                     image, os.fspath(filename), useCompression=bool(kwargs.pop("compression", self.compression))
                 )
         except RuntimeError as e:
-            raise ValueError(f"{filename}: SimpleITK cannot write it: {_one_line(e)}") from e
+            raise ValueError(f"{filename}: SimpleITK cannot write it: {error_line(e)}") from e
 
     @classmethod
     def create_backend_obj(

@@ -23,7 +23,7 @@ from monai.transforms import LoadImage
 from monai.utils import convert_data_type
 from PIL import Image
 
-from lmttm_monai.data.sitk_io import SimpleITKReader, _itk_warnings_off, _one_line, is_dicom_series_dir, sitk
+from lmttm_monai.data.sitk_io import SimpleITKReader, itk_warnings_off, error_line, is_dicom_series_dir, sitk
 
 __all__ = [
     "IMAGE_2D_SUFFIXES",
@@ -224,10 +224,10 @@ def _header(path: str) -> tuple[tuple[int, ...], np.dtype | None, np.ndarray | N
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     try:
-        with _itk_warnings_off():
+        with itk_warnings_off():
             reader.ReadImageInformation()
     except RuntimeError as e:
-        raise ValueError(f"{path}: SimpleITK cannot read it: {_one_line(e)}") from e  # as SimpleITKReader says it
+        raise ValueError(f"{path}: SimpleITK cannot read it: {error_line(e)}") from e  # as SimpleITKReader says it
     return tuple(reader.GetSize()), None, None
 
 

@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmttm_monai.utils import comma_list
+from lmttm_monai.utils.bundles import bundles_dir
+from lmttm_monai.utils.misc import comma_list
 
 __all__ = [
     "CLASSIFICATION",
@@ -52,9 +53,8 @@ class ServedBundle:
 
 
 def default_bundles_dir() -> Path:
-    """The checkout's ``bundles/`` next to the package (an editable install), else ``./bundles``."""
-    checkout = Path(__file__).resolve().parents[3] / "bundles"
-    return checkout if checkout.is_dir() else Path.cwd() / "bundles"
+    """The bundles installed with the package (:func:`lmttm_monai.utils.bundles_dir`)."""
+    return bundles_dir()
 
 
 def _kind(metadata: dict, path: Path) -> str:

@@ -36,7 +36,7 @@ from monailabel.tasks.train.bundle import BundleTrainTask
 
 from lmttm_monai.apps.monailabel.bundles import CLASSIFICATION, ServedBundle
 from lmttm_monai.data import SaveLikeInputd, ValidateSegmentationd
-from lmttm_monai.errors import one_line
+from lmttm_monai.utils.errors import one_line
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import torch
@@ -74,13 +74,11 @@ def _arguments(monai_class: type, args: tuple, kwargs: dict) -> dict[str, Any]:
     return bound.arguments
 
 
-def _check_common(owner: str, arguments: dict[str, Any], positive: tuple[str, ...]) -> int:
-    """Check ``spatial_dims`` and the named size arguments; return ``spatial_dims``."""
-    spatial_dims = arguments["spatial_dims"]
+def _check_common(owner: str, spatial_dims: Any, sizes: Mapping[str, Any]) -> int:
+    """Check ``spatial_dims`` and that each named size is a positive integer; return ``spatial_dims``."""
     if spatial_dims not in (2, 3):
         raise ValueError(f"{owner}: spatial_dims must be 2 or 3, got {spatial_dims}.")
-    for name in positive:
-        value = arguments[name]
+    for name, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}.")
     return spatial_dims
@@ -128,7 +126,7 @@ class MemoryViT(ViT):
         arguments = _arguments(ViT, args, kwargs)
         positive = ("in_channels", "hidden_size", "mlp_dim", "num_layers", "num_heads")
         positive += ("num_classes",) if arguments["classification"] else ()
-        spatial_dims = _check_common(owner, arguments, positive)
+        spatial_dims = _check_common(owner, arguments["spatial_dims"], {n: arguments[n] for n in positive})
         img_size = ensure_tuple_rep(arguments["img_size"], spatial_dims)
         patch_size = ensure_tuple_rep(arguments["patch_size"], spatial_dims)
         if any(p < 1 for p in patch_size) or any(s < p for s, p in zip(img_size, patch_size)):
@@ -194,26 +192,66 @@ class MemoryViT(ViT):
 class MemoryUNETR(UNETR):
     """MONAI ``UNETR`` whose ViT encoder uses Memory-Attention (STS by default), for 2D and 3D.
 
-    Same constructor as :class:`monai.networks.nets.UNETR` (``in_channels, out_channels, img_size, ...,
-    spatial_dims``) plus ``transmission``: ``"sts"`` (one memory chain through the 12 transformer blocks) or
-    ``"none"`` (MONAI's UNETR). Zero extra parameters. ``forward``: ``[B, in_channels, *img_size]`` ->
-    ``[B, out_channels, *img_size]``. ``img_size`` must be a multiple of 16 (the ViT patch) along every axis, as
-    the decoder upsamples the patch grid 16 times; the input must have exactly that size (the learned position
-    embedding fixes it). Anything else raises ``ValueError`` naming what is expected.
+    Memory-Attention Mechanism: Yang et al., "Memory-Attention ... for medical image segmentation" (the MAM paper,
+    docs/mam.md). The arguments are MONAI UNETR's, led by ``spatial_dims`` as in MONAI's other networks.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of the input image.
+        out_channels: channels of the output (classes).
+        img_size: the input's spatial size, a multiple of 16 (the ViT patch) along every axis.
+        feature_size: width of the CNN decoder's first stage.
+        hidden_size: token width of the ViT encoder.
+        mlp_dim: width of each transformer block's MLP.
+        num_heads: attention heads (``hidden_size`` divisible by it).
+        proj_type: patch embedding, ``"conv"`` or ``"perceptron"``.
+        norm_name: the decoder's normalisation.
+        conv_block: convolutional blocks in the skip paths.
+        res_block: residual blocks in the decoder.
+        dropout_rate: dropout in the transformer blocks.
+        qkv_bias: bias of the attention's query/key/value projection.
+        save_attn: keep the attention matrices (``att_mat``) for inspection.
+        transmission: ``"sts"`` (one memory chain through the 12 transformer blocks) or ``"none"`` (MONAI's UNETR).
+
+    ``forward``: ``[B, in_channels, *img_size]`` -> ``[B, out_channels, *img_size]``; the input must have exactly
+    ``img_size`` (the learned position embedding fixes it). Zero parameters beyond UNETR's. Anything else raises
+    ``ValueError`` naming what is expected.
     """
 
-    def __init__(self, *args, transmission: str = "sts", **kwargs) -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        img_size: Sequence[int] | int,
+        feature_size: int = 16,
+        hidden_size: int = 768,
+        mlp_dim: int = 3072,
+        num_heads: int = 12,
+        proj_type: str = "conv",
+        norm_name: tuple | str = "instance",
+        conv_block: bool = True,
+        res_block: bool = True,
+        dropout_rate: float = 0.0,
+        qkv_bias: bool = False,
+        save_attn: bool = False,
+        transmission: str = "sts",
+    ) -> None:
         owner = type(self).__name__
-        arguments = _arguments(UNETR, args, kwargs)
-        positive = ("in_channels", "out_channels", "feature_size", "hidden_size", "mlp_dim", "num_heads")
-        spatial_dims = _check_common(owner, arguments, positive)
-        img_size = ensure_tuple_rep(arguments["img_size"], spatial_dims)
+        sizes = {"in_channels": in_channels, "out_channels": out_channels, "feature_size": feature_size,
+                 "hidden_size": hidden_size, "mlp_dim": mlp_dim, "num_heads": num_heads}  # fmt: skip
+        _check_common(owner, spatial_dims, sizes)
+        img_size = ensure_tuple_rep(img_size, spatial_dims)
         if any(s < 16 or s % 16 != 0 for s in img_size):
             raise ValueError(
                 f"{owner}: img_size must be a positive multiple of 16 (the ViT patch size) along every axis, "
                 f"got {tuple(img_size)}."
             )
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            in_channels, out_channels, img_size, feature_size=feature_size, hidden_size=hidden_size, mlp_dim=mlp_dim,
+            num_heads=num_heads, proj_type=proj_type, norm_name=norm_name, conv_block=conv_block, res_block=res_block,
+            dropout_rate=dropout_rate, spatial_dims=spatial_dims, qkv_bias=qkv_bias, save_attn=save_attn,
+        )  # fmt: skip
         _check_transmission(transmission, ("sts", "none"), owner)
         _convert_modules(self)
         self.vit.transmission = transmission
@@ -265,12 +303,34 @@ class MemorySwinTransformer(SwinTransformer):
 class MemorySwinUNETR(SwinUNETR):
     """MONAI ``SwinUNETR`` whose Swin encoder uses Memory-Attention (ISTS by default), for 2D and 3D.
 
-    Same constructor as :class:`monai.networks.nets.SwinUNETR` plus ``transmission``:
+    Memory-Attention Mechanism: the MAM paper (docs/mam.md). The arguments are MONAI SwinUNETR's (its Hyena
+    options left out: they replace attention), led by ``spatial_dims`` as in MONAI's other networks.
 
-    - ``"ists"``: a memory chain per stage, emptied at each patch merging; zero extra parameters.
-    - ``"sts"``: one chain through all stages, resampled between stages by learned :class:`MemoryResample`
-      modules (the ablation of the paper; adds ``swinViT.memory_resample.*`` parameters).
-    - ``"none"``: MONAI's SwinUNETR.
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of the input image.
+        out_channels: channels of the output (classes).
+        patch_size: patch size of the Swin embedding.
+        depths: Swin blocks per stage.
+        num_heads: attention heads per stage.
+        window_size: attention window (int, or one per axis).
+        qkv_bias: bias of the attention's query/key/value projection.
+        mlp_ratio: MLP width over token width.
+        feature_size: token width of the first stage (divisible by 12).
+        norm_name: the decoder's normalisation.
+        drop_rate, attn_drop_rate, dropout_path_rate: dropout after the embedding, of attention, stochastic depth.
+        normalize: layer-normalise the encoder's outputs.
+        norm_layer: the Swin blocks' normalisation layer.
+        patch_norm: normalise after the patch embedding.
+        use_checkpoint: gradient checkpointing (less memory, more time).
+        downsample: ``"merging"``, ``"mergingv2"`` or a module.
+        use_v2: SwinUNETR-V2 (a residual convolution before each stage).
+        transmission: who hands memory to whom.
+
+            - ``"ists"``: a memory chain per stage, emptied at each patch merging; zero extra parameters.
+            - ``"sts"``: one chain through all stages, resampled between stages by learned :class:`MemoryResample`
+              modules (the paper's ablation; adds ``swinViT.memory_resample.*`` parameters).
+            - ``"none"``: MONAI's SwinUNETR.
 
     ``forward``: ``[B, in_channels, *spatial]`` -> ``[B, out_channels, *spatial]``, each spatial size divisible
     by ``patch_size ** 5`` (32 by default), as for SwinUNETR; with instance norm (the default) the bottleneck at
@@ -278,14 +338,44 @@ class MemorySwinUNETR(SwinUNETR):
     expected. Pretrained self-supervised Swin weights load with the inherited ``load_from``.
     """
 
-    def __init__(self, *args, transmission: str = "ists", **kwargs) -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        patch_size: int = 2,
+        depths: Sequence[int] = (2, 2, 2, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: Sequence[int] | int = 7,
+        qkv_bias: bool = True,
+        mlp_ratio: float = 4.0,
+        feature_size: int = 24,
+        norm_name: tuple | str = "instance",
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        dropout_path_rate: float = 0.0,
+        normalize: bool = True,
+        norm_layer: type[nn.LayerNorm] = nn.LayerNorm,
+        patch_norm: bool = False,
+        use_checkpoint: bool = False,
+        downsample: str | nn.Module = "merging",
+        use_v2: bool = False,
+        transmission: str = "ists",
+    ) -> None:
         owner = type(self).__name__
-        arguments = _arguments(SwinUNETR, args, kwargs)
-        spatial_dims = _check_common(owner, arguments, ("in_channels", "out_channels", "patch_size", "feature_size"))
-        window_size = ensure_tuple_rep(arguments["window_size"], spatial_dims)
+        sizes = {"in_channels": in_channels, "out_channels": out_channels, "patch_size": patch_size,
+                 "feature_size": feature_size}  # fmt: skip
+        _check_common(owner, spatial_dims, sizes)
+        window_size = ensure_tuple_rep(window_size, spatial_dims)
         if any(w < 1 for w in window_size):
             raise ValueError(f"{owner}: window_size must be positive along every axis, got {tuple(window_size)}.")
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            in_channels, out_channels, patch_size=patch_size, depths=depths, num_heads=num_heads,
+            window_size=window_size, qkv_bias=qkv_bias, mlp_ratio=mlp_ratio, feature_size=feature_size,
+            norm_name=norm_name, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+            dropout_path_rate=dropout_path_rate, normalize=normalize, norm_layer=norm_layer, patch_norm=patch_norm,
+            use_checkpoint=use_checkpoint, spatial_dims=spatial_dims, downsample=downsample, use_v2=use_v2,
+        )  # fmt: skip
         _convert_modules(self)
         _set_swin_transmission(self.swinViT, transmission)
 

@@ -1,4 +1,4 @@
-"""Pictures of a results folder of ``python -m lmttm_monai.results``: ``run ... --figures DIR`` or ``table OUT``.
+"""Pictures of a results folder of ``python -m lmttm_monai.experiments.results``: ``run ... --figures DIR`` or ``table OUT``.
 
 Each picture is drawn from the finished runs of the folder (those with a ``run.json``) and written as one PNG:
 
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from lmttm_monai.errors import UserError
-from lmttm_monai.outputs import atomic_path
+from lmttm_monai.utils.errors import UserError
+from lmttm_monai.utils.outputs import atomic_path
 
 __all__ = [
     "FiguresError",
@@ -94,12 +94,12 @@ def _finished_runs(out_dir: Path, comparison: Any) -> dict[str, list[tuple[Path,
 
 def _train_loss(run_dir: Path, record: Mapping) -> list[float]:
     """The per-epoch mean training loss of a run: its run.json's, or parsed from train.log for older run.json files."""
-    from lmttm_monai.results import _read_train_loss
+    from lmttm_monai.experiments.records import read_train_loss
 
     if record.get("train_loss"):
         return list(record["train_loss"])
     log = run_dir / "train.log"
-    return _read_train_loss(log.read_text(errors="replace")) if log.is_file() else []
+    return read_train_loss(log.read_text(errors="replace")) if log.is_file() else []
 
 
 def _band(series: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -132,7 +132,7 @@ def curves(out_dir: str | os.PathLike, comparison: Any, path: str | os.PathLike)
 
     Args:
         out_dir: the results folder (``results run --out``).
-        comparison: the :class:`lmttm_monai.results.Comparison` (its arms and validation metric).
+        comparison: the :class:`lmttm_monai.experiments.records.Comparison` (its arms and validation metric).
         path: the PNG to write.
     """
     out_dir = Path(out_dir)
@@ -235,7 +235,7 @@ def roc_and_confusion(
 
     Args:
         out_dir: the results folder.
-        comparison: the :class:`lmttm_monai.results.Comparison`.
+        comparison: the :class:`lmttm_monai.experiments.records.Comparison`.
         labels: the test split's true classes in dataset order (the predictions' ``<name>_test_<index>``).
         class_names: the class names, in index order.
         roc_path, confusion_path: the PNGs to write.
@@ -327,9 +327,9 @@ def _bundle_parser(bundle: str, config_names: Sequence[str], overrides: Mapping,
     """The bundle's config as the run's evaluation read it: its files, the run's overrides and checkpoint folder."""
     from monai.bundle import ConfigParser
 
-    from lmttm_monai.results import REPO_BUNDLES
+    from lmttm_monai.utils.bundles import bundles_dir
 
-    root = REPO_BUNDLES / bundle
+    root = bundles_dir() / bundle
     parser = ConfigParser()
     parser.read_config([str(root / "configs" / name) for name in config_names])
     parser["bundle_root"] = str(root)  # the configs look for bundles/<name> relative to the working folder
@@ -342,7 +342,7 @@ def _bundle_parser(bundle: str, config_names: Sequence[str], overrides: Mapping,
 def _trained_network(parser: Any, run_dir: Path, network: Any = None) -> Any:
     """The run's network (``network``, else the config's ``network_def``) with its ``models/model.pt`` weights, on
     the config's device, in eval mode (no dropout)."""
-    from lmttm_monai.handlers import load_weights, state_dict_mismatch
+    from lmttm_monai.handlers.checkpoint_loader import load_weights, state_dict_mismatch
 
     device = parser.get_parsed_content("device")
     network = (parser.get_parsed_content("network_def") if network is None else network).to(device)
@@ -387,7 +387,7 @@ def segmentation_overlays(run_dir: str | os.PathLike, comparison: Any, path: str
 
     Args:
         run_dir: one finished run (``OUT/<arm>/seed<k>``).
-        comparison: the :class:`lmttm_monai.results.Comparison` it belongs to.
+        comparison: the :class:`lmttm_monai.experiments.records.Comparison` it belongs to.
         path: the PNG to write.
     """
     import torch
@@ -680,11 +680,11 @@ def figure_prefix(name: str, overrides: Mapping[str, Any]) -> str:
     overridden ``dataset_dir`` or else the bundle's default, lower case without an MSD ``TaskNN_`` part
     (``salstm_hippocampus``, ``mam_unetr_drive``), and the image size when it is overridden.
     """
-    from lmttm_monai.results import COMPARISONS, _dataset
+    from lmttm_monai.experiments.records import COMPARISONS, dataset_of
 
     parts = [name]
     if COMPARISONS[name].bundle == "lmttm":
-        parts += [str(p) for p in _dataset(overrides)]
+        parts += [str(p) for p in dataset_of(overrides)]
     else:
         given = str(overrides.get("dataset_dir", "")).strip()
         folder = os.path.basename(os.path.normpath(given)) if given else COMPARISONS[name].data_folder
@@ -703,12 +703,12 @@ def write_figures(
     could not be drawn (no finished run, a checkpoint that no longer fits the network), so that the table is still
     written. Raises :class:`MissingMatplotlibError` when matplotlib is not installed.
     """
-    from lmttm_monai.errors import one_line
-    from lmttm_monai.results import _comparison, _select_arms, _test_labels
+    from lmttm_monai.utils.errors import one_line
+    from lmttm_monai.experiments.records import comparison_named, select_arms, test_labels
 
     out_dir = Path(out).expanduser()
     info = json.loads((out_dir / "comparison.json").read_text())
-    comparison = _select_arms(_comparison(info["name"]), info.get("arms", ()))
+    comparison = select_arms(comparison_named(info["name"]), info.get("arms", ()))
     folder = Path(figures).expanduser() if figures else out_dir / "figures"
     _figure(1, 1)  # matplotlib missing: say so before anything else
     runs = _finished_runs(out_dir, comparison)
@@ -738,7 +738,7 @@ def write_figures(
 
         def classification() -> tuple[str, str]:
             # the true labels from the dataset file (the predictions hold none), the class names from the predictions
-            labels = _test_labels(info.get("overrides", {}))[2]
+            labels = test_labels(info.get("overrides", {}))[2]
             class_names = _read_predictions(first_runs[0][1] / "test" / "test_predictions.csv")[3]
             return roc_and_confusion(out_dir, comparison, labels, class_names, folder / f"{prefix}_roc.png",
                                      folder / f"{prefix}_confusion.png")  # fmt: skip

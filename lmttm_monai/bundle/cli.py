@@ -20,14 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lmttm_monai.errors import UserError, quiet_warnings
-from lmttm_monai.outputs import as_bool
-from lmttm_monai.utils import comma_list
+from lmttm_monai.utils.errors import UserError, quiet_warnings
+from lmttm_monai.utils.outputs import as_bool
+from lmttm_monai.utils.bundles import BundlesNotFoundError, bundle_names, bundles_dir
+from lmttm_monai.utils.misc import comma_list
 
 __all__ = ["CLIError", "find_bundle", "main"]
 
 PROG = "lmttm-monai"
-REPO_BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 RUNS_ROOT = "runs"
 # what each command reads, after the bundle's own configs/ folder
 COMMAND_CONFIGS = {
@@ -40,18 +40,20 @@ class CLIError(UserError):
 
 
 def _bundle_names() -> list[str]:
-    roots = [Path.cwd() / "bundles", REPO_BUNDLES]
-    return sorted({p.name for root in roots if root.is_dir() for p in root.iterdir() if (p / "configs").is_dir()})
+    try:
+        return bundle_names()
+    except BundlesNotFoundError:
+        return []
 
 
 def find_bundle(bundle: str | os.PathLike) -> Path:
-    """A bundle folder: a path holding ``configs/metadata.json``, or the name of one under ``./bundles`` or the
-    checkout's ``bundles/``."""
+    """A bundle folder: a path holding ``configs/metadata.json``, or the name of one of the installed bundles
+    (:func:`lmttm_monai.utils.bundles_dir`)."""
     path = Path(bundle).expanduser()
-    candidates = [path, Path.cwd() / "bundles" / str(bundle), REPO_BUNDLES / str(bundle)]
-    for candidate in candidates:
-        if (candidate / "configs" / "metadata.json").is_file():
-            return candidate.resolve()
+    if (path / "configs" / "metadata.json").is_file():
+        return path.resolve()
+    if os.sep not in str(bundle) and (Path(bundles_dir()) / str(bundle) / "configs" / "metadata.json").is_file():
+        return (Path(bundles_dir()) / str(bundle)).resolve()
     raise CLIError(
         f"no bundle {str(bundle)!r}: give a bundle folder (one holding configs/metadata.json) or one of "
         f"{', '.join(_bundle_names()) or '(none found)'}"
@@ -185,7 +187,7 @@ class _EngineErrorEcho(logging.Filter):
 
 def _say_errors_once() -> None:
     """Put :class:`_EngineErrorEcho` on every log handler the bundle's logging.conf set up (not with --debug)."""
-    from lmttm_monai.errors import debug_enabled
+    from lmttm_monai.utils.errors import debug_enabled
 
     if debug_enabled():
         return
@@ -230,7 +232,7 @@ _BOOKKEEPING = {"run.json", "config.json", "log.txt"}
 def _after_failure(run_dir: Path, new: bool, final_dir: Path | None, error: BaseException) -> None:
     """What a failed run leaves: nothing where it would have replaced an earlier run (that run's files stay as they
     were) or made a new folder holding only bookkeeping; otherwise its log.txt ends with the error."""
-    from lmttm_monai.errors import one_line
+    from lmttm_monai.utils.errors import one_line
 
     if final_dir is not None or (new and {p.name for p in run_dir.iterdir()} <= _BOOKKEEPING):
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -261,7 +263,7 @@ def _run_in(
     from monai.bundle import ConfigParser, ConfigWorkflow
 
     (run_dir / "run.json").write_text(json.dumps({"command": command, "overlays": _overlay_names(command, files)}) + "\n")
-    # overwrite reaches the configs' own guard too (lmttm_monai.outputs), e.g. for a --ckpt_dir that holds a model.pt
+    # overwrite reaches the configs' own guard too (lmttm_monai.utils.outputs), e.g. for a --ckpt_dir that holds a model.pt
     settings = {"bundle_root": str(root), "output_dir": str(run_dir), "overwrite": bool(overwrite), **overrides}
     if command == "train":
         settings.setdefault("ckpt_dir", str(run_dir / "models"))
@@ -384,7 +386,7 @@ class Commands:
         """
         from monai.bundle import ckpt_export
 
-        from lmttm_monai import zoo
+        from lmttm_monai.bundle import zoo
 
         root = find_bundle(bundle)
         files = _config_files(root, "infer", overlays)
@@ -402,30 +404,30 @@ class Commands:
         return f"{PROG} export {root.name}: {'traced' if traced else 'scripted'} {ckpt / 'model.pt'} to {target}"
 
     def verify(self, bundle: str, require_weights: bool = False) -> None:
-        """Run model-zoo's checks that work offline (python -m lmttm_monai.release verify): files, version, metadata,
+        """Run model-zoo's checks that work offline (python -m lmttm_monai.bundle.release verify): files, version, metadata,
         pins, network in/out; with --require_weights also the weights and their TorchScript export.
 
         Example: lmttm-monai verify lmttm
         """
-        from lmttm_monai import release
+        from lmttm_monai.bundle import release
 
         release.verify(str(find_bundle(bundle)), require_weights=require_weights)
 
     def package(self, bundle: str, **options) -> None:
-        """Check a bundle and write its release zip (python -m lmttm_monai.release package).
+        """Check a bundle and write its release zip (python -m lmttm_monai.bundle.release package).
 
         Example: lmttm-monai package lmttm --output_dir dist --repo OWNER/REPO
         """
-        from lmttm_monai import release
+        from lmttm_monai.bundle import release
 
         release.package(str(find_bundle(bundle)), **options)
 
     def download(self, name: str, **options) -> None:
-        """Download and unpack a released bundle (python -m lmttm_monai.release download).
+        """Download and unpack a released bundle (python -m lmttm_monai.bundle.release download).
 
         Example: lmttm-monai download lmttm --version 0.2.0 --repo OWNER/REPO/lmttm_v0.2.0 --bundle_dir downloaded
         """
-        from lmttm_monai import release
+        from lmttm_monai.bundle import release
 
         release.download(name=name, **options)
 
@@ -482,7 +484,7 @@ def _usage(commands: list[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``lmttm-monai`` console script."""
-    from lmttm_monai.errors import debug_enabled, fire_one_line
+    from lmttm_monai.utils.errors import debug_enabled, fire_one_line
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or debug_enabled()
@@ -500,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{PROG}: error: unknown command {args[0]!r}{hint}; commands: {', '.join(commands)}", file=sys.stderr)
         sys.exit(2)
     if debug:
-        from lmttm_monai.errors import DEBUG_ENV
+        from lmttm_monai.utils.errors import DEBUG_ENV
 
         os.environ[DEBUG_ENV] = "1"  # the bundle configs' exception hook then keeps the traceback too
     else:

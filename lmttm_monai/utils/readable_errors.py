@@ -3,17 +3,17 @@
 A mistake in a bundle's data or config surfaces, through ``python -m monai.bundle``, as a traceback of 60-130 lines
 ending in MONAI's generic ``RuntimeError: Failed to instantiate component ...`` or ``Failed to evaluate
 ConfigExpression``; the message that says what is wrong (a missing file, an unknown dataset, a batch size of 0) is
-buried in the middle. Importing this module (the bundle configs list ``"$import lmttm_monai.readable_errors"`` in
+buried in the middle. Importing this module (the bundle configs list ``"$import lmttm_monai.utils.readable_errors"`` in
 their ``imports``, which MONAI executes while it parses the config) installs an exception hook that prints only
 
     error: <root cause's type>: <its message, on one line>
 
-as the last line, with a hint above it (the root cause as :func:`lmttm_monai.errors.root_cause` finds it).
+as the last line, with a hint above it (the root cause as :func:`lmttm_monai.utils.errors.root_cause` finds it).
 ``LMTTM_DEBUG=1`` keeps Python's full traceback. ``lmttm-monai`` uses the same functions for its own errors
 (``--debug`` there).
 
 It also hides, from that point of the run on, the warnings that tell a user nothing
-(:data:`lmttm_monai.errors.QUIET_WARNINGS`: deprecation notices from inside MONAI and torch), unless
+(:data:`lmttm_monai.utils.errors.QUIET_WARNINGS`: deprecation notices from inside MONAI and torch), unless
 ``LMTTM_DEBUG=1``. MONAI's security notice that a config's expressions are evaluated is printed once, by MONAI,
 before any config is read: no project code runs before it, and the project does not hide a security notice on
 MONAI's own command line (``lmttm-monai``, which runs only this project's configs, does).
@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 from types import TracebackType
 
-from lmttm_monai.errors import DEBUG_ENV, debug_enabled, one_line, quiet_warnings
+from lmttm_monai.utils.errors import DEBUG_ENV, debug_enabled, one_line, quiet_warnings
 
 __all__ = ["install"]
 

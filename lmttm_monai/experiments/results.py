@@ -1,4 +1,4 @@
-"""Multi-seed comparisons through the bundles' own configs: ``python -m lmttm_monai.results``.
+"""Multi-seed comparisons through the bundles' own configs: ``python -m lmttm_monai.experiments.results``.
 
 A comparison is a bundle and its arms (the default network and the overlays that swap it, e.g. LMTTM vs TTM vs a
 3D ResNet-18). ``run`` trains every arm with every seed (``python -m monai.bundle run training`` with the bundle's
@@ -8,101 +8,47 @@ first arm on the same seeds and, for segmentation, on the same cases, the budget
 commands) and one ``run.json`` per run. Rerun it and finished runs are kept; a run killed while training continues
 from its last epoch (the bundles' ``--resume true``). ``--jobs`` runs several at once, each with its share of the
 CPU threads. Any MedMNIST 3D dataset works: ``--override dataset_name=vesselmnist3d``. The table comes with
-pictures of the finished runs (:mod:`lmttm_monai.figures`: curves, ROC and confusion or segmentation overlays, the
+pictures of the finished runs (:mod:`lmttm_monai.experiments.figures`: curves, ROC and confusion or segmentation overlays, the
 LMTTM memory), written into ``--figures DIR`` (default ``OUT/figures``) and linked from results.md.
 
-    python -m lmttm_monai.results run lmttm --seeds 0,1,2 --out results/lmttm --override epochs=50 --jobs 2
-    python -m lmttm_monai.results table results/lmttm --figures docs/figures
+    python -m lmttm_monai.experiments.results run lmttm --seeds 0,1,2 --out results/lmttm --override epochs=50 --jobs 2
+    python -m lmttm_monai.experiments.results table results/lmttm --figures docs/figures
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
-import re
 import shlex
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from lmttm_monai.errors import UserError
-from lmttm_monai.outputs import atomic_path
-from lmttm_monai.utils import comma_list
+from lmttm_monai.utils.outputs import atomic_path
+from lmttm_monai.experiments.records import (
+    COMPARISONS,
+    Arm,
+    Comparison,
+    ResultsError,
+    comparison_named,
+    read_curve,
+    read_metrics,
+    read_per_case,
+    read_per_label,
+    read_resumes,
+    read_train_loss,
+    select_arms,
+    test_labels,
+)
+from lmttm_monai.utils.bundles import bundles_dir
+from lmttm_monai.utils.misc import comma_list
 
 __all__ = ["Arm", "COMPARISONS", "Comparison", "git_commit", "main", "run", "run_one", "table"]
-
-REPO_BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
-
-
-@dataclass(frozen=True)
-class Arm:
-    label: str
-    overlays: tuple[str, ...] = ()
-
-    @property
-    def slug(self) -> str:
-        return re.sub(r"[^a-z0-9]+", "-", self.label.lower()).strip("-")
-
-
-@dataclass(frozen=True)
-class Comparison:
-    bundle: str
-    arms: tuple[Arm, ...]
-    metrics: tuple[str, ...]  # from the evaluation's metrics.csv; the first is the headline
-    curve: str  # the validation metric logged each epoch
-    per_case: str | None = None  # the evaluation's per-case CSV, for paired per-case differences
-    data_folder: str = ""  # under MONAI_DATA_DIRECTORY, as the bundle's default dataset_dir
-    paper: dict[str, str] = field(default_factory=dict)
-
-
-COMPARISONS = {
-    "lmttm": Comparison(
-        "lmttm",
-        (Arm("LMTTM"), Arm("TTM", ("ttm.json",)), Arm("TTM scenic", ("ttm_scenic.json",)),
-         Arm("3D ResNet-18", ("resnet18.json",)), Arm("LMTTM paper", ("lmttm_paper.json",)),
-         Arm("3D DenseNet-121 (64³)", ("densenet121.json",))),  # fmt: skip
-        ("test_acc", "test_auc"),
-        "val_auc",
-        data_folder="medmnist",
-    ),
-    "mam_swinunetr": Comparison(
-        "mam_swinunetr",
-        (Arm("MAM-SwinUNETR (ISTS)"), Arm("SwinUNETR", ("swinunetr.json",)), Arm("MAM-SwinUNETR (STS)", ("sts.json",))),
-        ("test_mean_dice", "test_hd95"),
-        "val_mean_dice",
-        per_case="test_mean_dice_raw.csv",
-        data_folder="Task04_Hippocampus",
-    ),
-    "mam_unetr": Comparison(
-        "mam_unetr",
-        (Arm("MAM-UNETR"), Arm("UNETR", ("unetr.json",))),
-        ("test_mean_dice", "test_hd95"),
-        "val_mean_dice",
-        per_case="test_mean_dice_raw.csv",
-        data_folder="DRIVE",
-    ),
-    "salstm": Comparison(
-        "salstm",
-        (Arm("SALSTM"), Arm("LSTMSA", ("lstmsa.json",)), Arm("U-Net", ("unet.json",)),
-         Arm("U-Net, 3 slices", ("unet_context.json",))),  # fmt: skip
-        ("test_mean_dice", "test_hd95"),
-        "val_mean_dice",
-        per_case="test_mean_dice_raw.csv",
-        data_folder="Task04_Hippocampus",
-    ),
-}
-
-
-class ResultsError(UserError):
-    """A results command that cannot run as asked; the message says why."""
-
 
 def _configs(bundle_root: Path, *names: str) -> str:
     return "[" + ",".join(repr(str(bundle_root / "configs" / name)) for name in names) + "]"
@@ -120,78 +66,6 @@ def _override_args(overrides: dict[str, str]) -> list[str]:
     return [part for key, value in overrides.items() for part in (f"--{key}", "$None" if value == "None" else value)]
 
 
-def _read_metrics(path: Path) -> dict[str, float]:
-    """MONAI ``MetricsSaver``'s ``metrics.csv``: one ``name,value`` (or tab-separated) per line."""
-    metrics = {}
-    for line in path.read_text().splitlines():
-        name, _, value = line.replace("\t", ",").partition(",")
-        if value:
-            metrics[name] = float(value)
-    return metrics
-
-
-def _read_curve(log: str, metric: str) -> list[float]:
-    """The validation metric of each epoch, from the training log's ``Epoch[k] Metrics -- name: value`` lines."""
-    pattern = re.compile(rf"Epoch\[(\d+)\] Metrics -- .*?\b{re.escape(metric)}: ([-0-9.eE+nan]+)")
-    by_epoch = {int(m.group(1)): float(m.group(2)) for m in pattern.finditer(log)}
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def _read_resumes(log: str) -> list[int]:
-    """The epochs after which a killed run was continued, from the training log's ``resume:`` lines (the log is
-    appended to on each resume; a run killed after its last epoch resumes with nothing left to train): empty for a
-    run trained in one piece."""
-    pattern = r"resume: (?:continuing after epoch (\d+) of|training had already finished \(epoch (\d+) of)"
-    found = re.findall(pattern, log)
-    return [int(after or finished) for after, finished in found]
-
-
-def _read_train_loss(log: str) -> list[float]:
-    """The mean training loss of each epoch, from the training log's ``Epoch: e/E, Iter: i/N -- train_loss: v`` lines.
-
-    A run killed and resumed appends to the same log and repeats the epoch it was killed in from its first
-    iteration: an iteration seen again in an epoch starts that epoch afresh, so each epoch averages one pass.
-    """
-    pattern = re.compile(r"Epoch: (\d+)/\d+, Iter: (\d+)/\d+ -- train_loss: ([-0-9.eE+naif]+)")
-    by_epoch: dict[int, dict[int, float]] = {}
-    for m in pattern.finditer(log):
-        epoch, iteration = int(m.group(1)), int(m.group(2))
-        losses = by_epoch.setdefault(epoch, {})
-        if iteration in losses:
-            losses.clear()
-        losses[iteration] = float(m.group(3))
-    return [float(np.mean(list(by_epoch[e].values()))) for e in sorted(by_epoch)]
-
-
-def _read_raw_csv(path: Path) -> tuple[list[str], list[list[str]]]:
-    """The header and the rows of a MONAI ``*_raw.csv`` (``filename<TAB>class0<TAB>...<TAB>mean``, one row per case)."""
-    text = path.read_text()
-    header, *rows = csv.reader(text.splitlines(), delimiter="\t" if "\t" in text.splitlines()[0] else ",")
-    return header, [row for row in rows if row]
-
-
-def _read_per_case(path: Path) -> dict[str, float]:
-    """Per-case mean of a MONAI ``*_raw.csv``."""
-    header, rows = _read_raw_csv(path)
-    column = header.index("mean") if "mean" in header else len(header) - 1
-    return {row[0]: float(row[column]) for row in rows}
-
-
-def _read_per_label(test_dir: Path, metrics: tuple[str, ...]) -> dict[str, list[float]]:
-    """Per label, the mean over the test cases of each metric's MONAI ``<metric>_raw.csv`` (columns ``class0``,
-    ``class1``, ...; cases where a label's metric is NaN, as HD95 is for a label not predicted, are left out)."""
-    per_label = {}
-    for metric in metrics:
-        path = test_dir / f"{metric}_raw.csv"
-        if not path.is_file():
-            continue
-        header, rows = _read_raw_csv(path)
-        columns = [i for i, name in enumerate(header) if name.startswith("class")]
-        values = np.array([[float(row[i]) for i in columns] for row in rows], dtype=float)
-        per_label[metric] = [round(float(v), 6) for v in np.nanmean(np.where(np.isinf(values), np.nan, values), 0)]
-    return per_label
-
-
 def git_commit(folder: Path) -> str | None:
     """The commit checked out in ``folder`` (``git rev-parse HEAD``), or None outside a git checkout."""
     try:
@@ -202,7 +76,7 @@ def git_commit(folder: Path) -> str | None:
 
 
 def run_one(
-    comparison: Comparison, arm: Arm, seed: int, out: Path, overrides: dict, threads: int, bundles: Path = REPO_BUNDLES
+    comparison: Comparison, arm: Arm, seed: int, out: Path, overrides: dict, threads: int, bundles: Path | None = None
 ) -> dict:
     """Train and evaluate one arm with one seed into ``out/<arm>/seed<N>`` (or keep what an earlier call finished)
     and return its record, also written there as ``run.json``; ``bundles`` is the folder that holds the bundle."""
@@ -210,7 +84,7 @@ def run_one(
     record = run_dir / "run.json"
     if record.is_file():
         return json.loads(record.read_text())
-    root = bundles / comparison.bundle
+    root = (bundles or bundles_dir()) / comparison.bundle
     run_dir.mkdir(parents=True, exist_ok=True)
     common = ["--seed", str(seed), "--ckpt_dir", str(run_dir / "models"), *_override_args(overrides)]
     train = [sys.executable, "-m", "monai.bundle", "run", "training",
@@ -233,16 +107,16 @@ def run_one(
     log = (run_dir / "train.log").read_text()
     result = {
         "arm": arm.label, "seed": seed, "overlays": list(arm.overlays), "overrides": overrides,
-        "metrics": _read_metrics(run_dir / "test" / "metrics.csv"),
-        "curve": _read_curve(log, comparison.curve),
-        "train_loss": [round(v, 6) for v in _read_train_loss(log)],
+        "metrics": read_metrics(run_dir / "test" / "metrics.csv"),
+        "curve": read_curve(log, comparison.curve),
+        "train_loss": [round(v, 6) for v in read_train_loss(log)],
         # the wall time of this call only: a resumed run's earlier pieces are not in it (see resumed_after_epochs)
-        "seconds": round(time.time() - started, 1), "threads": threads, "resumed_after_epochs": _read_resumes(log),
+        "seconds": round(time.time() - started, 1), "threads": threads, "resumed_after_epochs": read_resumes(log),
         "commands": [_display(train), _display(evaluate)], "commit": commit,
     }  # fmt: skip
     if comparison.per_case and (run_dir / "test" / comparison.per_case).is_file():
-        result["per_case"] = _read_per_case(run_dir / "test" / comparison.per_case)
-        result["per_label"] = _read_per_label(run_dir / "test", comparison.metrics)
+        result["per_case"] = read_per_case(run_dir / "test" / comparison.per_case)
+        result["per_label"] = read_per_label(run_dir / "test", comparison.metrics)
     with atomic_path(record) as tmp:  # last, and whole: its presence means the run finished
         Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -277,7 +151,7 @@ def run(
         arms: comma-separated arm labels or slugs to run (default: all).
         figures: folder for the pictures of the finished runs (default ``out/figures``); see :func:`table`.
     """
-    comparison = _select_arms(_comparison(name), arms)
+    comparison = select_arms(comparison_named(name), arms)
     seed_list = _seeds(seeds)
     overrides = parse_overrides(override)
     out_dir = Path(out).expanduser()
@@ -332,23 +206,23 @@ def table(out: str, figures: str | None = None) -> str:
 
     Args:
         out: the results folder.
-        figures: folder for the PNG pictures of :mod:`lmttm_monai.figures` (for example ``docs/figures``), named
+        figures: folder for the PNG pictures of :mod:`lmttm_monai.experiments.figures` (for example ``docs/figures``), named
             after the comparison and its dataset; default ``out/figures``. results.md links them relative to its
             own folder. Given explicitly, a missing matplotlib is an error; by default results.md says so instead.
     """
     out_dir = Path(out).expanduser()
     info_path = out_dir / "comparison.json"
     if not info_path.is_file():
-        raise ResultsError(f"{info_path} does not exist: run `python -m lmttm_monai.results run NAME --out {out}` first")
+        raise ResultsError(f"{info_path} does not exist: run `python -m lmttm_monai.experiments.results run NAME --out {out}` first")
     info = json.loads(info_path.read_text())
-    comparison = _select_arms(_comparison(info["name"]), info.get("arms", ()))
+    comparison = select_arms(comparison_named(info["name"]), info.get("arms", ()))
     runs = {arm.label: [json.loads(p.read_text()) for p in sorted((out_dir / arm.slug).glob("seed*/run.json"))]
             for arm in comparison.arms}  # fmt: skip
     for arm in comparison.arms:  # runs recorded before run.json had per_label: read it from their test folder
         for r in runs[arm.label]:
             test_dir = out_dir / arm.slug / f"seed{r['seed']}" / "test"
             if comparison.per_case and "per_label" not in r and test_dir.is_dir():
-                r["per_label"] = _read_per_label(test_dir, comparison.metrics)
+                r["per_label"] = read_per_label(test_dir, comparison.metrics)
     base = comparison.arms[0].label
     lines = [f"# {info['name']}: {' vs '.join(a.label for a in comparison.arms)}", "",
              f"Seeds {info['seeds']}; overrides {info['overrides'] or 'none (the bundle defaults)'}; "
@@ -397,7 +271,7 @@ def _minutes(runs: list[dict], arm_dir: Path) -> str:
         log = arm_dir / f"seed{r['seed']}" / "train.log"
         resumes = r.get("resumed_after_epochs")
         if resumes is None and log.is_file():
-            resumes = _read_resumes(log.read_text(errors="replace"))
+            resumes = read_resumes(log.read_text(errors="replace"))
         if resumes:
             resumed += 1
         else:
@@ -425,8 +299,8 @@ def _per_label_lines(comparison: Comparison, runs: dict[str, list[dict]]) -> lis
 
 
 def _figure_lines(out_dir: Path, figures: str | None) -> list[str]:
-    """Draw the pictures (:func:`lmttm_monai.figures.write_figures`) and link them from results.md's folder."""
-    from lmttm_monai.figures import MissingMatplotlibError, write_figures
+    """Draw the pictures (:func:`lmttm_monai.experiments.figures.write_figures`) and link them from results.md's folder."""
+    from lmttm_monai.experiments.figures import MissingMatplotlibError, write_figures
 
     try:
         pictures, notes = write_figures(out_dir, figures)
@@ -453,49 +327,15 @@ def _seeds(seeds) -> list[int]:
     return chosen
 
 
-def _select_arms(comparison: Comparison, arms) -> Comparison:
-    wanted = comma_list(arms)
-    if not wanted:
-        return comparison
-    chosen = tuple(a for a in comparison.arms if a.label in wanted or a.slug in wanted)
-    unknown = [w for w in wanted if all(w not in (a.label, a.slug) for a in comparison.arms)]
-    if unknown or not chosen:
-        names = ", ".join(a.slug for a in comparison.arms)
-        raise ResultsError(f"unknown arm(s) {', '.join(unknown) or arms!r} of {comparison.bundle}; choose from {names}")
-    return Comparison(comparison.bundle, chosen, comparison.metrics, comparison.curve, comparison.per_case,
-                      comparison.data_folder, comparison.paper)  # fmt: skip
-
-
-def _dataset(overrides: dict) -> tuple[str, int]:
-    """The MedMNIST dataset and size of an lmttm comparison: its overrides, else the bundle's defaults."""
-    return overrides.get("dataset_name", "adrenalmnist3d"), int(overrides.get("image_size", 28))
-
-
-def _test_labels(overrides: dict) -> tuple[str, int, np.ndarray]:
-    """Name, size and true labels (dataset order) of the test split an lmttm comparison was evaluated on."""
-    from lmttm_monai.data import default_dataset_dir, load_medmnist3d
-
-    name, size = _dataset(overrides)
-    _, labels = load_medmnist3d(name, "test", size, overrides.get("dataset_dir", default_dataset_dir("medmnist")),
-                                download=False)  # fmt: skip
-    return name, size, labels
-
-
 def _majority_line(overrides: dict) -> str:
     """The test split's majority-class rate: an ACC at it can mean the minority classes are never predicted."""
     try:
-        name, _, labels = _test_labels(overrides)
+        name, _, labels = test_labels(overrides)
     except Exception as e:  # the table is still worth writing without it
         return f"Majority-class rate of the test split: not computed ({e})."
     counts = np.bincount(np.asarray(labels).reshape(-1))
     return (f"Majority-class rate of the {name} test split: {counts.max() / counts.sum():.4f} "
             f"({counts.max()} of {counts.sum()}); a test_acc at this rate may mean one class is always predicted.")  # fmt: skip
-
-
-def _comparison(name: str) -> Comparison:
-    if name not in COMPARISONS:
-        raise ResultsError(f"unknown comparison {name!r}; choose one of {', '.join(COMPARISONS)}")
-    return COMPARISONS[name]
 
 
 def parse_overrides(override) -> dict[str, str]:
@@ -513,10 +353,10 @@ def parse_overrides(override) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lmttm_monai.errors import fire_one_line
+    from lmttm_monai.utils.errors import fire_one_line
 
     # fire prints what a command returns: the path of results.md
-    fire_one_line({"run": run, "table": table}, argv, "lmttm_monai.results", "python -m lmttm_monai.results")
+    fire_one_line({"run": run, "table": table}, argv, "lmttm_monai.experiments.results", "python -m lmttm_monai.experiments.results")
 
 
 if __name__ == "__main__":

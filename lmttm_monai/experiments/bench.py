@@ -1,4 +1,4 @@
-"""Speed of the networks, side by side in one process: ``python -m lmttm_monai.bench``.
+"""Speed of the networks, side by side in one process: ``python -m lmttm_monai.experiments.bench``.
 
 Every case is measured in interleaved rounds (round 1 times each case once, then round 2, ...), so that a machine
 growing slower or faster during the run affects all cases alike; the report gives medians over the rounds and
@@ -21,7 +21,7 @@ real training loop, the fraction of each step spent waiting for data. ``--compil
 the named cases under ``torch.compile`` (as ``<case>_compiled``, compiled during the warm-up, which is not timed),
 with their ratio to the eager case in the same rounds.
 
-    python -m lmttm_monai.bench --authors ~/src/LMTTM-VMI --data lmttm,mam_unetr --out docs/benchmarks.md
+    python -m lmttm_monai.experiments.bench --authors ~/src/LMTTM-VMI --data lmttm,mam_unetr --out docs/benchmarks.md
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from lmttm_monai.errors import UserError
-from lmttm_monai.utils import comma_list
+from lmttm_monai.utils.errors import UserError
+from lmttm_monai.utils.bundles import bundles_dir
+from lmttm_monai.utils.misc import comma_list
 
 __all__ = ["CASES", "PAIRS", "main", "run"]
 
-REPO_BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 AUTHORS_CONFIG = {"dim": 448, "memory_tokens": 448, "memory_units": 4, "read_tokens": 8, "patch_size": 3,
                   "num_layers": 1, "layer_repeats": 3, "post_norm": True, "num_heads": 8, "mlp_ratio": 3.0}  # fmt: skip
 # (faster, slower): each ratio is the first case's training throughput over the second's, per round
@@ -95,8 +95,8 @@ def _bundle_network(bundle: str, *overlays: str, **network_overrides) -> nn.Modu
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(REPO_BUNDLES / bundle / "configs" / name) for name in ("train.json", *overlays)])
-    parser["bundle_root"] = str(REPO_BUNDLES / bundle)
+    parser.read_config([str(bundles_dir() / bundle / "configs" / name) for name in ("train.json", *overlays)])
+    parser["bundle_root"] = str(bundles_dir() / bundle)
     for key, value in network_overrides.items():
         parser[f"network_def#{key}"] = value
     return parser.get_parsed_content("network_def")
@@ -106,7 +106,7 @@ def _bundle_value(bundle: str, key: str):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(REPO_BUNDLES / bundle / "configs" / "train.json"))
+    parser.read_config(str(bundles_dir() / bundle / "configs" / "train.json"))
     return parser.get_parsed_content(key)
 
 
@@ -327,9 +327,9 @@ def data_wait(bundle: str, iterations: int) -> dict:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(REPO_BUNDLES / bundle / "configs" / "train.json"))
+    parser.read_config(str(bundles_dir() / bundle / "configs" / "train.json"))
     scratch = tempfile.mkdtemp(prefix=f"bench_{bundle}_")
-    parser.update({"bundle_root": str(REPO_BUNDLES / bundle), "epochs": 1, "epoch_length": iterations + 1,
+    parser.update({"bundle_root": str(bundles_dir() / bundle), "epochs": 1, "epoch_length": iterations + 1,
                    "output_dir": scratch, "ckpt_dir": scratch, "overwrite": True})  # fmt: skip
     trainer = parser.get_parsed_content("train#trainer")
     marks: list[tuple[str, float]] = []
@@ -398,7 +398,7 @@ def run(
     out_path = Path(out).expanduser()
     if out_path.exists() and not overwrite:
         raise BenchError(f"{out_path} exists; pass --overwrite to replace it or --out to write elsewhere")
-    from lmttm_monai.outputs import atomic_path
+    from lmttm_monai.utils.outputs import atomic_path
 
     if from_json:
         report = json.loads(Path(from_json).expanduser().read_text())
@@ -473,7 +473,7 @@ def run(
 
 
 def _command() -> str:
-    return "python -m lmttm_monai.bench " + " ".join(sys.argv[1:]) if sys.argv and "bench" in sys.argv[0] else ""
+    return "python -m lmttm_monai.experiments.bench " + " ".join(sys.argv[1:]) if sys.argv and "bench" in sys.argv[0] else ""
 
 
 def _markdown(report: dict) -> str:
@@ -481,7 +481,7 @@ def _markdown(report: dict) -> str:
     lines = [f"# Benchmarks ({report['device']})", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, GPU {m['gpu'] or 'none'}; "
              f"Python {m['python']}, torch {m['torch']}, MONAI {m['monai']}.", "",
-             f"Command: `{report['command'] or 'python -m lmttm_monai.bench'}`; {report['rounds']} interleaved rounds "
+             f"Command: `{report['command'] or 'python -m lmttm_monai.experiments.bench'}`; {report['rounds']} interleaved rounds "
              "after a warm-up, medians. fp32 matmul peak of this machine in the same run: "
              f"{report['matmul_peak_gflops']['median']:.1f} GFLOP/s (before {report['matmul_peak_gflops']['before']:.1f}, "
              f"after {report['matmul_peak_gflops']['after']:.1f}).", "",
@@ -549,9 +549,9 @@ def _goal_lines(report: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lmttm_monai.errors import fire_one_line
+    from lmttm_monai.utils.errors import fire_one_line
 
-    fire_one_line(run, argv, "lmttm_monai.bench", "python -m lmttm_monai.bench")
+    fire_one_line(run, argv, "lmttm_monai.experiments.bench", "python -m lmttm_monai.experiments.bench")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ measures, for :class:`lmttm_monai.networks.nets.SALSTMUNet` with ``attention`` `
 It prints a markdown table with the ratios to ``"none"``. Defaults are the ``bundles/salstm`` network on a
 batch of 16 slice stacks of 64 x 64::
 
-    python benchmarks/salstm_cost.py
-    python benchmarks/salstm_cost.py --spatial_dims 3 --size 32 --batch 2   # adjacent 32^3 sub-volumes
+    python -m lmttm_monai.experiments.salstm_cost
+    python -m lmttm_monai.experiments.salstm_cost --spatial_dims 3 --size 32 --batch 2   # adjacent 32^3 sub-volumes
 """
 
 from __future__ import annotations

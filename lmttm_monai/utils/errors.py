@@ -2,12 +2,13 @@
 
 MONAI's config machinery and ignite re-raise the real error ``from`` their own (``Failed to instantiate component``,
 ``Failed to evaluate ConfigExpression``); these functions dig it out. No side effects: importing
-:mod:`lmttm_monai.readable_errors` is what installs them as the exception hook of a bundle run.
+:mod:`lmttm_monai.utils.readable_errors` is what installs them as the exception hook of a bundle run.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 
 __all__ = [
@@ -15,7 +16,9 @@ __all__ = [
 ]  # fmt: skip
 
 DEBUG_ENV = "LMTTM_DEBUG"
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# the whole lmttm_monai package: an error raised anywhere in it already says what is wrong (the package is imported
+# before any of its modules, so it is in sys.modules here)
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(sys.modules[__name__.partition(".")[0]].__file__))
 
 
 # warnings every bundle run prints that tell a user nothing (MONAI's notice that configs are evaluated, deprecation

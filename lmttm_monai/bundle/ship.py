@@ -1,7 +1,7 @@
-"""Train a bundle's shipped model and keep everything that describes it in step: ``python -m lmttm_monai.ship``.
+"""Train a bundle's shipped model and keep everything that describes it in step: ``python -m lmttm_monai.bundle.ship``.
 
 One command, for maintainers. It trains the bundle's default configuration with one seed (the bundle's own
-``train.json`` through :func:`lmttm_monai.results.run_one`: a killed run continues, a finished one is kept),
+``train.json`` through :func:`lmttm_monai.experiments.results.run_one`: a killed run continues, a finished one is kept),
 scores it on the test split with the bundle's ``evaluate.json``, then writes together:
 
 - ``bundles/NAME/models/model.pt``: the trained state dict (fp32, checked to load into ``inference.json``'s network);
@@ -11,8 +11,8 @@ scores it on the test split with the bundle's ``evaluate.json``, then writes tog
 - ``large_files.yml``: the release url of that version and the sha256 of the file;
 - the model card's "Shipped model" section, and the version in the download commands of the card and README.md.
 
-    python -m lmttm_monai.ship salstm --seed 2
-    python -m lmttm_monai.ship salstm --seed 2 --out runs/ship/salstm --replace true   # retrain: replace the weights
+    python -m lmttm_monai.bundle.ship salstm --seed 2
+    python -m lmttm_monai.bundle.ship salstm --seed 2 --out runs/ship/salstm --replace true   # retrain: replace the weights
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ import re
 import shutil
 from pathlib import Path
 
-from lmttm_monai import results
-from lmttm_monai.errors import UserError
-from lmttm_monai.outputs import as_bool, atomic_path
+from lmttm_monai.experiments import results
+from lmttm_monai.utils.bundles import bundles_dir
+from lmttm_monai.utils.errors import UserError
+from lmttm_monai.utils.outputs import as_bool, atomic_path
 
 __all__ = ["CARD_END", "CARD_START", "MAX_BYTES", "RECORDS", "card_section", "check_weights", "main", "ship"]
 
-REPO_ROOT = results.REPO_BUNDLES.parent
 RECORDS = Path("docs") / "results" / "shipped"  # one NAME.json per bundle, relative to the repository
 MAX_BYTES = 30 * 2**20  # the project's limit for one shipped file
-CARD_START = "<!-- shipped-model: written by python -m lmttm_monai.ship, do not edit by hand -->"
+CARD_START = "<!-- shipped-model: written by python -m lmttm_monai.bundle.ship, do not edit by hand -->"
 CARD_END = "<!-- /shipped-model -->"
 CARD_ANCHOR = "## Results"  # the section goes right before the card's results
 
@@ -125,7 +125,7 @@ def card_section(record: dict) -> str:
         "",
         f"`models/model.pt` ({record['bytes'] / 2**20:.1f} MB, sha256 `{record['sha256'][:16]}…`) is the "
         f"{record['arm']} network trained {recipe} with seed {record['seed']} by "
-        f"`python -m lmttm_monai.ship {name} --seed {record['seed']}` at commit {commit} ({minutes}). "
+        f"`python -m lmttm_monai.bundle.ship {name} --seed {record['seed']}` at commit {commit} ({minutes}). "
         f"Test split: {scores}; these are `eval_metrics` in `configs/metadata.json`, re-scored by the tests. "
         f"Record: `docs/results/shipped/{name}.json`. Evaluation and inference use it when no `--ckpt_dir` is given.",
         CARD_END,
@@ -143,34 +143,6 @@ def write_card_section(card: Path, section: str) -> None:
         raise ShipError(f"{card}: no '{CARD_ANCHOR}' heading to put the shipped-model section before")
     with atomic_path(card) as tmp:
         Path(tmp).write_text(text)
-
-
-def version_mentions(name: str) -> re.Pattern:
-    """Where a doc names a release of bundle ``name`` (download commands, release tags); group 2 is the version."""
-    return re.compile(rf"(--name {name} --version |download {name} --version |\b{name}_v)(\d+\.\d+\.\d+)")
-
-
-def write_version_mentions(path: Path, name: str, version: str) -> None:
-    """Make the download commands and release tags of bundle ``name`` in ``path`` name ``version``."""
-    text = path.read_text()
-    new = version_mentions(name).sub(lambda m: m.group(1) + version, text)
-    if new != text:
-        with atomic_path(path) as tmp:
-            Path(tmp).write_text(new)
-
-
-def _large_files(url: str, hash_val: str) -> str:
-    # JSON strings are YAML double-quoted scalars: model-zoo's format, and MONAI's download_url skips the download
-    # when the file is there with this hash
-    return (
-        "# written by python -m lmttm_monai.ship: the committed models/model.pt and its sha256; the url is the\n"
-        "# weights asset of this version's GitHub release (docs/release.md)\n"
-        "large_files:\n"
-        '  - path: "models/model.pt"\n'
-        f"    url: {json.dumps(url)}\n"
-        f"    hash_val: {json.dumps(hash_val)}\n"
-        '    hash_type: "sha256"\n'
-    )
 
 
 def meta_path(bundle: Path) -> Path:
@@ -194,17 +166,19 @@ def ship(
         jobs: the share of the CPU cores the training takes (``cores // jobs`` threads).
         override: ``key=value`` config overrides, recorded and named in the card (a shipped model has none).
         replace: replace a shipped ``model.pt`` that differs (retraining); without it such a file is kept.
-        repo: the repository to write into (default: this checkout).
+        repo: the repository to write into (default: the source tree of the editable install).
     """
-    from lmttm_monai.release import asset_url
+    from lmttm_monai.bundle.release import set_version
 
-    repo_root = Path(repo).expanduser().resolve() if repo else REPO_ROOT
+    repo_root = Path(repo).expanduser().resolve() if repo else bundles_dir().parent
+    if not (repo_root / ".git").exists():
+        raise ShipError(f"{repo_root} is not a git checkout: ship writes into the repository, pass --repo PATH")
     bundle = repo_root / "bundles" / name
     if not (bundle / "configs" / "metadata.json").is_file():
         raise ShipError(f"no bundle {name!r} under {repo_root / 'bundles'}")
     comparison = results.COMPARISONS.get(name)
     if comparison is None:
-        raise ShipError(f"bundle {name!r} has no training recipe in lmttm_monai.results.COMPARISONS")
+        raise ShipError(f"bundle {name!r} has no training recipe in lmttm_monai.experiments.results.COMPARISONS")
     arm = comparison.arms[0]  # the bundle's default network
     out_dir = Path(out or Path("runs") / "ship" / name).expanduser()
     overrides = results.parse_overrides(override)
@@ -239,23 +213,17 @@ def ship(
     _write_json(record_path, shipped)
 
     scores = ", ".join(f"{k} {_number(k, v)}" for k, v in metrics.items())
-    meta["version"] = version
-    meta["changelog"] = {version: f"shipped model: {arm.label} seed {seed} (test {scores})", **meta["changelog"]}
     meta["eval_metrics"] = metrics
     _write_json(meta_path(bundle), meta)
-    with atomic_path(bundle / "large_files.yml") as tmp:
-        Path(tmp).write_text(_large_files(asset_url(name, version), digest))
     write_card_section(bundle / "docs" / "README.md", card_section(shipped))
-    for doc in (bundle / "docs" / "README.md", repo_root / "README.md"):
-        if doc.is_file():
-            write_version_mentions(doc, name, version)
+    set_version(str(bundle), version, f"shipped model: {arm.label} seed {seed} (test {scores})", repo=str(repo_root))
     return f"shipped {target} ({name} {version}: {scores}); record {record_path}"
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lmttm_monai.errors import fire_one_line
+    from lmttm_monai.utils.errors import fire_one_line
 
-    fire_one_line(ship, argv, "lmttm_monai.ship", "python -m lmttm_monai.ship")
+    fire_one_line(ship, argv, "lmttm_monai.bundle.ship", "python -m lmttm_monai.bundle.ship")
 
 
 if __name__ == "__main__":

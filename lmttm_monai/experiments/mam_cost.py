@@ -9,9 +9,9 @@ parameter counts, and peak memory: on CUDA ``torch.cuda.max_memory_allocated``; 
 tensors autograd saves for backward (activation memory, which dominates training memory and is what an extra
 per-block tensor would grow).
 
-    python benchmarks/mam_cost.py                      # all configurations, CPU or the first GPU
-    python benchmarks/mam_cost.py --configs unetr2d --repeats 20
-    python benchmarks/mam_cost.py --windows "[7,4]"  # the bundle's MAM-SwinUNETR at two window sizes
+    python -m lmttm_monai.experiments.mam_cost                      # all configurations, CPU or the first GPU
+    python -m lmttm_monai.experiments.mam_cost --configs unetr2d --repeats 20
+    python -m lmttm_monai.experiments.mam_cost --windows "[7,4]"  # the bundle's MAM-SwinUNETR at two window sizes
 
 ``--windows`` instead times the mam_swinunetr bundle's network (ISTS) at each window size, the same way: on its
 32 x 64 x 32 crops the first stage is 16 x 32 x 16 tokens, which a window of 7 pads to 21 x 35 x 21 (the padding

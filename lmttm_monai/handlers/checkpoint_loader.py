@@ -20,11 +20,11 @@ import torch
 from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
 from torch import nn
 
-from lmttm_monai.errors import UserError
+from lmttm_monai.utils.errors import UserError
 
 __all__ = ["CheckpointError", "CheckpointLoader", "load_weights", "state_dict_mismatch"]
 
-_TRAINING_STATE_KEYS = {"trainer", "network", "optimizer"}  # lmttm_monai.checkpointing's checkpoint.pt
+_TRAINING_STATE_KEYS = {"trainer", "network", "optimizer"}  # lmttm_monai.handlers.training_checkpoint's checkpoint.pt
 
 
 class CheckpointError(UserError):

@@ -4,7 +4,7 @@ Each check takes the bundle folder, raises :class:`BundleCheckError` (a ``ValueE
 naming the file and the problem, and returns a one-line summary of what it verified. :func:`verify_bundle` runs
 them in model-zoo's order::
 
-    from lmttm_monai.zoo import verify_bundle
+    from lmttm_monai.bundle.zoo import verify_bundle
     for line in verify_bundle("bundles/lmttm"):
         print(line)
 
@@ -12,8 +12,8 @@ Differences from model-zoo, all because these checks must run offline and must n
 
 - model-zoo first downloads ``models/model.pt`` from ``large_files.yml``; here a missing weights file is reported
   (train the bundle or download the release) and ``require_weights=False`` skips the weights checks.
-- the metadata schema is read from a local copy when there is one (``LMTTM_BUNDLE_SCHEMA`` or the shared folder
-  next to the repository), not downloaded into the bundle's ``eval/``.
+- the metadata schema is read from a local copy when one is given (``schema_file``, or ``LMTTM_BUNDLE_SCHEMA``),
+  else downloaded into a temporary folder, never into the bundle's ``eval/``.
 - the TorchScript export goes to a temporary file, not ``models/verify_model.ts``.
 - model-zoo's check that a version is not already released (its ``model_info.json``) has no offline equivalent.
 - two checks model-zoo does not have: the ``lmttm-monai`` pin in ``required_packages_version`` equals the installed
@@ -38,13 +38,12 @@ from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_
 from monai.utils import OptionalImportError
 
 import lmttm_monai
-from lmttm_monai.errors import UserError, root_cause
+from lmttm_monai.utils.errors import UserError, root_cause
 
 __all__ = [
     "BundleCheckError",
     "NOT_SCRIPTABLE",
     "SCHEMA_ENV",
-    "DEFAULT_SCHEMA",
     "load_metadata",
     "inference_config",
     "input_shape",
@@ -65,8 +64,6 @@ __all__ = [
 NOT_SCRIPTABLE = {"mam_swinunetr": "MONAI's SwinUNETR cannot be scripted; traced export only"}
 # environment variable naming a local copy of the metadata schema
 SCHEMA_ENV = "LMTTM_BUNDLE_SCHEMA"
-# the schema the bundles name, kept next to the repository (``../shared/schema``) for offline checks
-DEFAULT_SCHEMA = Path(__file__).resolve().parents[1].parent / "shared" / "schema" / "meta_schema_20240725.json"
 NET_ID = "network_def"
 PACKAGE = "lmttm-monai"
 # keys under which a checkpoint may nest its state dict (MONAI's CheckpointSaver with several objects: "model")
@@ -129,7 +126,7 @@ def _weights_file(bundle_dir: str | os.PathLike) -> Path:
     if not path.is_file():
         # model-zoo would download it from large_files.yml here; these checks stay offline
         raise BundleCheckError(
-            f"{path} is missing: train the bundle or download the release (python -m lmttm_monai.release download)"
+            f"{path} is missing: train the bundle or download the release (python -m lmttm_monai.bundle.release download)"
         )
     return path
 
@@ -224,17 +221,14 @@ def _schema_for(metadata: Mapping, schema_file: str | os.PathLike | None) -> Pat
         return Path(schema_file)
     if os.environ.get(SCHEMA_ENV):
         return Path(os.environ[SCHEMA_ENV])
-    # the shared copy only stands in for the schema of the same name: a bundle naming another schema gets that one
-    named = str(metadata.get("schema", "")).rsplit("/", 1)[-1]
-    return DEFAULT_SCHEMA if DEFAULT_SCHEMA.is_file() and named == DEFAULT_SCHEMA.name else None
+    return None
 
 
 def verify_metadata_format(bundle_dir: str | os.PathLike, schema_file: str | os.PathLike | None = None) -> str:
     """``configs/metadata.json`` validates against the metadata schema, with ``monai.bundle.verify_metadata``.
 
     Mirrors model-zoo's ``verify_metadata_format``. The schema is ``schema_file`` if given, else the file named by
-    the environment variable ``LMTTM_BUNDLE_SCHEMA``, else ``../shared/schema/meta_schema_20240725.json`` next to
-    the repository when it exists and the metadata names that schema, else MONAI downloads the schema the metadata's
+    the environment variable ``LMTTM_BUNDLE_SCHEMA``, else MONAI downloads the schema the metadata's
     ``schema`` url names into a temporary folder (this needs the internet; the summary says so).
     """
     meta_file = Path(bundle_dir) / "configs" / "metadata.json"

@@ -14,7 +14,7 @@ import glob
 import os
 from collections.abc import Iterator, Sequence
 
-from lmttm_monai.errors import UserError
+from lmttm_monai.utils.errors import UserError
 
 __all__ = ["OutputExistsError", "as_bool", "atomic_path", "existing_outputs", "refuse_overwrite"]
 

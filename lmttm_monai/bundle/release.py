@@ -1,17 +1,17 @@
-"""Make and fetch MONAI bundle releases of this project's bundles: ``python -m lmttm_monai.release COMMAND``.
+"""Make and fetch MONAI bundle releases of this project's bundles: ``python -m lmttm_monai.bundle.release COMMAND``.
 
-    python -m lmttm_monai.release package bundles/lmttm --output_dir dist --repo OWNER/REPO
-    python -m lmttm_monai.release download --name lmttm --version 0.2.0 --repo OWNER/REPO/lmttm_v0.2.0 \\
+    python -m lmttm_monai.bundle.release package bundles/lmttm --output_dir dist --repo OWNER/REPO
+    python -m lmttm_monai.bundle.release download --name lmttm --version 0.2.0 --repo OWNER/REPO/lmttm_v0.2.0 \\
         --bundle_dir downloads --hash_val SHA256_FROM_THE_RELEASE_NOTES
-    python -m lmttm_monai.release verify bundles/lmttm
+    python -m lmttm_monai.bundle.release verify bundles/lmttm
 
-``package`` checks the bundle as model-zoo's CI does (:mod:`lmttm_monai.zoo`) and writes the release zip
+``package`` checks the bundle as model-zoo's CI does (:mod:`lmttm_monai.bundle.zoo`) and writes the release zip
 ``NAME_vVERSION.zip`` (one top-level ``NAME/`` folder, as ``monai.bundle download`` expects) next to the weights
 asset ``NAME_vVERSION_model.pt`` that the zip's ``large_files.yml`` names with its sha256. ``download`` is the
 careful counterpart of ``monai.bundle download --url``: it checks a hash, refuses a damaged or foreign zip, and leaves
 nothing behind when it fails. ``docs/release.md`` is the maintainer and user guide.
 
-An error the user can cause ends the output with one line ``lmttm_monai.release: error: <message>`` on stderr and
+An error the user can cause ends the output with one line ``lmttm_monai.bundle.release: error: <message>`` on stderr and
 exit status 1; ``--debug`` (or ``LMTTM_DEBUG=1``) shows the traceback instead.
 """
 
@@ -34,9 +34,10 @@ from pathlib import Path, PurePosixPath
 import fire
 from monai.apps.utils import download_url
 
-from lmttm_monai import zoo
-from lmttm_monai.errors import UserError, debug_enabled
-from lmttm_monai.zoo import BundleCheckError
+from lmttm_monai.bundle import zoo
+from lmttm_monai.bundle.zoo import BundleCheckError
+from lmttm_monai.utils.errors import UserError, debug_enabled
+from lmttm_monai.utils.outputs import atomic_path
 
 __all__ = [
     "DEFAULT_REPO",
@@ -55,7 +56,7 @@ __all__ = [
 # the GitHub repository (OWNER/REPO) whose releases the bundles' large_files.yml name; maintainers releasing from
 # another repository pass --repo to `package` (and users --repo OWNER/REPO/TAG to `download`)
 DEFAULT_REPO = "lmttm-monai/lmttm-monai"
-PROG = "lmttm_monai.release"
+PROG = "lmttm_monai.bundle.release"
 WEIGHTS = "models/model.pt"
 # what a release zip leaves out of the bundle folder: outputs of runs, caches, and the large_files.yml that
 # `package` writes anew (with the hash of what it packages)
@@ -93,13 +94,22 @@ def github_bundle_url(name: str, version: str, repo: str) -> str:
     return _github_release_url(f"{owner}/{repository}", tag, f"{release_name(name, version)}.zip")
 
 
-def large_files_yaml(url: str, hash_val: str) -> str:
-    """The ``large_files.yml`` of a release zip: model-zoo's format (``path``, ``url``, ``hash_val``, ``hash_type``)."""
-    # JSON strings are YAML double-quoted scalars: no YAML library is needed to write (or to read) this file
+ZIP_NOTE = (
+    "# written by python -m lmttm_monai.bundle.release package: hash_val is the sha256 of the models/model.pt in this\n"
+    "# zip, which is also the release asset the url names (monai.bundle download_large_files fetches it there)\n"
+)
+REPOSITORY_NOTE = (
+    "# written by python -m lmttm_monai.bundle.release bump: the committed models/model.pt and its sha256; the url is\n"
+    "# the weights asset of this version's GitHub release (docs/release.md)\n"
+)
+
+
+def large_files_yaml(url: str, hash_val: str, note: str = ZIP_NOTE) -> str:
+    """A ``large_files.yml`` in model-zoo's format (``path``, ``url``, ``hash_val``, ``hash_type``), after ``note``."""
+    # JSON strings are YAML double-quoted scalars: no YAML library is needed to write (or to read) this file; MONAI's
+    # download_url skips the download when the file is there with this hash
     return (
-        "# written by python -m lmttm_monai.release package: hash_val is the sha256 of the models/model.pt in this\n"
-        "# zip, which is also the release asset the url names (monai.bundle download_large_files fetches it there)\n"
-        "large_files:\n"
+        note + "large_files:\n"
         f"  - path: {json.dumps(WEIGHTS)}\n"
         f"    url: {json.dumps(url)}\n"
         f"    hash_val: {json.dumps(hash_val)}\n"
@@ -172,7 +182,7 @@ def package(
     fails, and a zip is never left half-written.
 
     Example:
-        python -m lmttm_monai.release package bundles/lmttm --output_dir dist --repo OWNER/REPO
+        python -m lmttm_monai.bundle.release package bundles/lmttm --output_dir dist --repo OWNER/REPO
 
     Args:
         bundle_dir: the bundle folder, with models/model.pt (train the bundle first).
@@ -295,7 +305,7 @@ def download(
     An existing BUNDLE_DIR/NAME is kept unless --overwrite True.
 
     Example:
-        python -m lmttm_monai.release download --name lmttm --version 0.2.0 \\
+        python -m lmttm_monai.bundle.release download --name lmttm --version 0.2.0 \\
             --repo lmttm-monai/lmttm-monai/lmttm_v0.2.0 --bundle_dir downloads --hash_val SHA256
 
     Args:
@@ -378,14 +388,14 @@ def download(
 
 
 def verify(bundle_dir: str, require_weights: bool = True) -> None:
-    """Run model-zoo's checks on a bundle (lmttm_monai.zoo.verify_bundle) and print each one that passes.
+    """Run model-zoo's checks on a bundle (lmttm_monai.bundle.zoo.verify_bundle) and print each one that passes.
 
     Checks, in model-zoo's order: the required files (LICENSE, configs/metadata.json, configs/inference.json,
     models/model.pt), the version's changelog entry, the metadata against its schema, the lmttm-monai pin,
     network_def's input and output shapes, the weights (weights_only, strict=True) and the TorchScript export.
 
     Example:
-        python -m lmttm_monai.release verify bundles/lmttm --require_weights False
+        python -m lmttm_monai.bundle.release verify bundles/lmttm --require_weights False
 
     Args:
         bundle_dir: the bundle folder.
@@ -398,7 +408,64 @@ def verify(bundle_dir: str, require_weights: bool = True) -> None:
     print(f"{bundle_dir}: all {len(passed)} checks passed{note}")
 
 
-COMMANDS = {"package": package, "download": download, "verify": verify}
+def version_mentions(name: str) -> re.Pattern:
+    """Where a doc names a release of bundle ``name`` (download commands, release tags); group 2 is the version."""
+    return re.compile(rf"(--name {name} --version |download {name} --version |\b{name}_v)(\d+\.\d+\.\d+)")
+
+
+def _rewrite(path: Path, text: str) -> None:
+    if not path.is_file() or path.read_text() != text:
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(text)
+
+
+def set_version(bundle: str, version: str, change: str, repo: str | None = None) -> str:
+    """Give a bundle a new version, everywhere it is written: ``metadata.json`` (``version``, the one-line
+    ``changelog`` entry ``change``, the ``lmttm-monai`` pin set to the installed package), ``large_files.yml`` (the
+    url of this version's weights asset and the sha256 of the shipped ``models/model.pt``, when the bundle ships
+    one), and the download commands and release tags in the model card and in ``repo``'s README.md.
+
+        python -m lmttm_monai.bundle.release bump bundles/salstm 0.8.0 --change "lmttm-monai 0.9.0: ..."
+    """
+    import lmttm_monai
+
+    root = Path(bundle).expanduser()
+    meta_file = root / "configs" / "metadata.json"
+    if not meta_file.is_file():
+        raise ReleaseError(f"{root}: no configs/metadata.json, not a bundle")
+    if not re.fullmatch(r"\d+\.\d+\.\d+", str(version)):
+        raise ReleaseError(f"version {version!r} is not MAJOR.MINOR.PATCH")
+    change = _text(change, "--change")
+    if "\n" in change:
+        raise ReleaseError("--change must be one line: the changelog holds one line per version")
+    meta = json.loads(meta_file.read_text())
+    if str(version) in meta.get("changelog", {}):
+        raise ReleaseError(f"{meta_file}: version {version} is already in the changelog")
+    meta["version"] = str(version)
+    meta["changelog"] = {str(version): change, **meta.get("changelog", {})}
+    meta.setdefault("required_packages_version", {})[zoo.PACKAGE] = lmttm_monai.__version__
+    with atomic_path(meta_file) as tmp:
+        Path(tmp).write_text(json.dumps(meta, indent=4) + "\n")
+    weights = root / WEIGHTS
+    if weights.is_file():
+        url = asset_url(root.name, str(version))
+        _rewrite(root / "large_files.yml", large_files_yaml(url, _hash_of(weights), REPOSITORY_NOTE))
+    # without shipped weights the url of the release asset is all large_files.yml holds that names a version
+    docs = [root / "docs" / "README.md"] + ([Path(repo).expanduser() / "README.md"] if repo else [])
+    docs += [] if weights.is_file() else [root / "large_files.yml"]
+    for doc in docs:
+        if doc.is_file():
+            _rewrite(doc, version_mentions(root.name).sub(lambda m: m.group(1) + str(version), doc.read_text()))
+    return f"{root.name} {version}: {change}"
+
+
+def bump(bundle: str, version: str, change: str, repo: str = ".") -> None:
+    """Set a bundle's new version everywhere it is written (:func:`set_version`); ``repo``: the checkout whose
+    README.md names the bundle's downloads."""
+    print(set_version(bundle, version, change, repo))
+
+
+COMMANDS = {"package": package, "download": download, "verify": verify, "bump": bump}
 
 
 def _fail(message: str) -> None:

@@ -30,8 +30,8 @@ from monai.data.utils import set_rnd
 from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
 from monai.utils import set_determinism
 
-from lmttm_monai.errors import UserError
-from lmttm_monai.outputs import as_bool, atomic_path
+from lmttm_monai.utils.errors import UserError
+from lmttm_monai.utils.outputs import as_bool, atomic_path
 
 __all__ = [
     "AtomicDiskSaver", "CheckpointSaver", "TrainingCheckpoint", "atomic_torch_save", "check_schedule", "CHECKPOINT_NAME",
