@@ -26,6 +26,21 @@ if SCHEMA.is_file():
 SHIPPED_BUNDLES = ("lmttm", "mam_swinunetr", "salstm")
 
 
+# test files whose tests share no expensive module fixture: under pytest -n their tests spread over the workers
+INDEPENDENT_TESTS = {"test_bad_inputs", "test_bench", "test_cli", "test_determinism", "test_figures", "test_readme",
+                     "test_resume", "test_results", "test_shipped_models"}  # fmt: skip
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n N --dist loadgroup`` each test file runs on one worker, so that its module fixtures (a
+    trained model, a server) are built once; the files of ``INDEPENDENT_TESTS`` spread test by test."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            module = item.module.__name__
+            item.add_marker(pytest.mark.xdist_group(item.nodeid if module in INDEPENDENT_TESTS else module))
+
+
 def require_path(path: Path) -> Path:
     if not path.exists():
         message = f"real data not found at {path} (the project reads it from ../shared/data)"

@@ -10,9 +10,9 @@ import shutil
 import subprocess
 
 import pytest
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 
-from bundle_helpers import SCHEMA, bundle, config_list
+from bundle_helpers import SCHEMA
 from conftest import REPO_ROOT, require_path
 
 BUNDLES = REPO_ROOT / "bundles"
@@ -64,7 +64,7 @@ def test_every_bundle_is_listed_here():
 def test_metadata_passes_verify_metadata_and_has_a_changelog_entry_for_its_version(name):
     require_path(SCHEMA)
     meta_file = BUNDLES / name / "configs" / "metadata.json"
-    bundle("verify_metadata", "--meta_file", str(meta_file), "--filepath", str(SCHEMA))
+    verify_metadata(meta_file=str(meta_file), filepath=str(SCHEMA))  # in this process: raises on a mismatch
     meta = json.loads(meta_file.read_text())
     assert meta["version"] in meta["changelog"]
     for path in ("LICENSE", "docs/README.md", "docs/data_license.txt", "configs/logging.conf"):
@@ -77,10 +77,10 @@ def test_metadata_passes_verify_metadata_and_has_a_changelog_entry_for_its_versi
 def test_network_passes_verify_net_in_out(name, overlay):
     configs = BUNDLES / name / "configs"
     files = [str(configs / "inference.json")] + ([str(configs / overlay)] if overlay else [])
-    shape = ["--_meta_#network_data_format#inputs#image#spatial_shape", str(OVERLAY_INPUT_SHAPE[overlay])] \
-        if overlay in OVERLAY_INPUT_SHAPE else []  # fmt: skip
-    bundle("verify_net_in_out", "network_def", "--meta_file", str(configs / "metadata.json"),
-           "--config_file", config_list(*files), "--n", "2", *shape)  # fmt: skip
+    shape = {"_meta_#network_data_format#inputs#image#spatial_shape": OVERLAY_INPUT_SHAPE[overlay]} \
+        if overlay in OVERLAY_INPUT_SHAPE else {}  # fmt: skip
+    # MONAI's own check, in this process (python -m monai.bundle verify_net_in_out calls the same function)
+    verify_net_in_out("network_def", meta_file=str(configs / "metadata.json"), config_file=files, n=2, **shape)
     if overlay in OVERLAY_INPUT_SHAPE:  # the overlay trains and infers at the size it was verified at
         parser = ConfigParser()
         parser.read_config(files)

@@ -157,6 +157,7 @@ def test_every_picture_prefix_names_its_dataset_the_default_one_too():
     assert figure_prefix("lmttm", {}) == "lmttm_adrenalmnist3d_28"
 
 
+@pytest.mark.slow
 def test_a_segmentation_run_draws_curves_and_best_median_worst_overlays(hippocampus_dir, tmp_path):
     pytest.importorskip("matplotlib")
     from lmttm_monai.experiments.results import table

@@ -71,6 +71,7 @@ def _ranked_metric(rank: int, world: int, init_file: str, scores: np.ndarray, la
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_metric_under_ddp_covers_every_sample_when_shards_are_uneven(tmp_path):
     import torch.multiprocessing as mp
 

@@ -406,7 +406,8 @@ def test_a_fine_tune_shorter_than_the_validation_interval_still_validates_and_en
     label_python, workspace
 ):
     # mam_unetr validates every 4 epochs; MONAI Label sets only the trainer's max_epochs, and without validation
-    # no models/model.pt is written. Asked for 2 epochs, the bundle must validate every 2 and anneal over 2.
+    # no models/model.pt is written. Asked for 2 epochs, the bundle must validate every 2 and anneal over 2 (the
+    # bundle's interval follows its epochs; the task also lowers an interval given as a number).
     _, bundles, _ = workspace
     script = f"""
 import json
@@ -415,14 +416,19 @@ from lmttm_monai.apps.monailabel.bundles import ServedBundle
 from lmttm_monai.apps.monailabel.tasks import SegmentationBundleTrainTask
 path = Path({str(bundles / "mam_unetr")!r})
 task = SegmentationBundleTrainTask(ServedBundle("mam_unetr", path, "segmentation", None, True), {{}})
+from monai.bundle import ConfigParser
 for max_epochs in (2, 300):
-    print(json.dumps(task._update_overrides({{task.const.key_train_trainer_max_epochs(): max_epochs}})))
+    overrides = task._update_overrides({{task.const.key_train_trainer_max_epochs(): max_epochs}})
+    parser = ConfigParser()
+    parser.read_config(str(path / "configs" / "train.json"))
+    parser.update(overrides)
+    print(json.dumps({{**overrides, "resolved_val_interval": parser.get_parsed_content("val_interval")}}))
 """
     result = subprocess.run([label_python, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     short, long = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
-    assert (short["epochs"], short["val_interval"]) == (2, 2)
-    assert long["epochs"] == 300 and "val_interval" not in long  # the bundle's own interval, 4
+    assert (short["epochs"], short["resolved_val_interval"]) == (2, 2)
+    assert long["epochs"] == 300 and long["resolved_val_interval"] == 4  # the bundle's own interval
 
 
 def test_server_stops_cleanly_on_ctrl_c(server):

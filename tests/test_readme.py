@@ -2,7 +2,9 @@
 
 Every command of every ``bash`` block of README.md runs in a copy of the repository's ``bundles/`` (so the models
 and outputs the README's commands write land in a temporary folder, not in the checkout), with ``../shared``
-beside it as in a checkout and ``HOME`` pointing to an empty folder. Two things are changed, both stated here:
+beside it as in a checkout and ``HOME`` pointing to an empty folder. The commands fall into groups that do not
+depend on each other (one bundle's ``monai.bundle`` runs, the ``lmttm-monai`` commands, the results, the release);
+each group runs in its own copy, in the README's order, so that the groups can run side by side. Two things are changed, both stated here:
 training, evaluation and inference get a one-epoch, two-iteration, few-case budget appended (the README's
 commands are the full recipes), and the placeholder inputs (``path/to/volumes``, ``path/to/pictures``,
 ``path/to/volume.nii.gz``) are replaced by real files from ``../shared/data``. The commands that cannot run here
@@ -103,11 +105,42 @@ def budgeted(command: str) -> str:
     return f"{command} {' '.join(budget)}"
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, medmnist_dir, hippocampus_dir, drive_dir):
-    root = tmp_path_factory.mktemp("readme")
+def group_of(command: str) -> str:
+    """The group a README command runs in: the commands of one group depend only on each other (and on the
+    ``export`` lines, which every group runs where the README has them), so the groups run side by side."""
+    if command.startswith("lmttm-monai "):
+        return "cli"
+    if "lmttm_monai.experiments.results" in command:
+        return "results"
+    if "lmttm_monai.bundle.release" in command:
+        return "release"
+    return _bundle_of(command) or "cli"  # the MONAI Label helper is a command-line tool too
+
+
+def grouped_commands() -> dict[str, list[str]]:
+    """The README's runnable commands by group, each group in the README's order, ``export`` lines in every group."""
+    ordered = [c for c in readme_commands() if not any(marker in c for marker in NOT_RUN)]
+    names = sorted({group_of(c) for c in ordered if not c.startswith("export ")})
+    return {g: [c for c in ordered if c.startswith("export ") or group_of(c) == g] for g in names}
+
+
+GROUPS = grouped_commands()
+# what each group must leave behind, so a parsing slip that runs nothing (or the wrong thing) fails
+OUTPUTS = {
+    "lmttm": ["runs/lmttm/models/model.pt"],
+    "mam_swinunetr": ["runs/mam_swinunetr-folder/*_seg.nii.gz"],
+    "mam_unetr": ["runs/mam_unetr-folder/*_seg.png"],
+    "salstm": ["runs/salstm-folder/*_seg.nii.gz"],
+    "results": ["runs/results/lmttm/results.md"],
+    "cli": ["runs/lmttm/*-train/models/model.pt", "runs/mam_swinunetr/*-infer/*_seg.nii.gz"],
+    "release": ["release/lmttm_v*.zip"],
+}
+
+
+def make_workspace(root: Path, medmnist_dir: Path, hippocampus_dir: Path, drive_dir: Path) -> Path:
+    """A copy of the repository's bundles (the shipped models come along, the README infers with them first; a local
+    run's other files do not), ``../shared/data`` beside it, and the placeholder inputs made of real files."""
     repo = root / "repo"
-    # the shipped models/model.pt come along (the README infers with them first), a local run's other files do not
     shutil.copytree(REPO_ROOT / "bundles", repo / "bundles",
                     ignore=shutil.ignore_patterns("checkpoint.pt", "*.ts", "eval", "__pycache__"))  # fmt: skip
     (root / "shared").mkdir()
@@ -125,33 +158,36 @@ def workspace(tmp_path_factory, medmnist_dir, hippocampus_dir, drive_dir):
     return repo
 
 
-def test_every_readme_command_runs_in_the_readmes_order(workspace):
-    env = {**os.environ, "HOME": str(workspace.parent / "home"), "PYTHONWARNINGS": "ignore"}
+def test_the_readme_commands_fall_into_groups_that_cover_every_command_family():
+    ran = [c for commands in GROUPS.values() for c in commands]
+    assert sorted(GROUPS) == sorted(OUTPUTS)
+    # the README's main job and each command family are run (a parsing slip would silently run nothing)
+    assert any(c.startswith("python -m monai.bundle run training --config_file bundles/lmttm/configs/train.json") for c in ran)
+    for family in ("lmttm-monai list", "lmttm-monai train", "lmttm-monai infer", "torchrun", "ckpt_export", "release package",
+                   "lmttm_monai.experiments.results run", "--resume true"):
+        assert any(family in c for c in ran), family
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))  # under pytest -n the groups run side by side (tests/conftest.py)
+def test_every_readme_command_runs_in_the_readmes_order(group, tmp_path, medmnist_dir, hippocampus_dir, drive_dir):
+    workspace = make_workspace(tmp_path, medmnist_dir, hippocampus_dir, drive_dir)
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "PYTHONWARNINGS": "ignore"}
     env[BUNDLES_ENV] = str(workspace / "bundles")  # lmttm-monai uses the copy, not the installed bundles
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the tests' python and lmttm-monai
-    ran, failures = [], []
-    for command in readme_commands():
-        if any(marker in command for marker in NOT_RUN):
-            continue
+    failures = []
+    for command in GROUPS[group]:
         if command.startswith("export "):
             name, value = command[len("export "):].split("=", 1)
             env[name] = str((workspace / value).resolve()) if value.startswith(".") else value
             continue
         run = budgeted(command)
         result = subprocess.run(run, shell=True, cwd=workspace, env=env, capture_output=True, text=True, timeout=900)
-        ran.append(command)
         if result.returncode != 0:
             tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
             failures.append(f"{run}\n  exit {result.returncode}: " + "\n  ".join(tail))
     assert not failures, "README commands that failed:\n" + "\n".join(failures)
-    # the README's main job and each command family really ran (a parsing slip would silently run nothing)
-    assert any(c.startswith("python -m monai.bundle run training --config_file bundles/lmttm/configs/train.json") for c in ran)
-    for family in ("lmttm-monai list", "lmttm-monai train", "lmttm-monai infer", "torchrun", "ckpt_export", "release package",
-                   "lmttm_monai.experiments.results run", "--resume true"):
-        assert any(family in c for c in ran), family
-    assert (workspace / "runs" / "lmttm" / "models" / "model.pt").is_file()
-    assert list((workspace / "runs" / "mam_swinunetr-folder").glob("*_seg.nii.gz"))
-    assert (workspace / "runs" / "results" / "lmttm" / "results.md").is_file()
+    for pattern in OUTPUTS[group]:
+        assert list(workspace.glob(pattern)), f"{group}: nothing at {pattern}"
 
 
 def test_ci_installs_and_tests_as_the_readme_says():

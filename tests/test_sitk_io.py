@@ -354,6 +354,7 @@ def test_mam_swinunetr_predicts_the_same_from_every_format_and_writes_it_in_the_
         np.testing.assert_array_equal(other, predictions[0])
 
 
+@pytest.mark.slow
 def test_training_reads_the_hippocampus_without_simpleitk_imported_only_on_first_use(hippocampus_dir, tmp_path):
     # a machine without SimpleITK (the GPU image of .ci/device-run.sh): an import of it fails there as it does here
     (tmp_path / "SimpleITK").mkdir()
