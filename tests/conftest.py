@@ -21,9 +21,8 @@ DRIVE_DIR = SHARED_DATA / "DRIVE"
 SCHEMA = SHARED_DATA.parent / "schema" / "meta_schema_20240725.json"
 if SCHEMA.is_file():
     os.environ.setdefault("LMTTM_BUNDLE_SCHEMA", str(SCHEMA))
-# the bundles whose trained model the repository ships as models/model.pt (python -m lmttm_monai.bundle.ship);
-# mam_unetr's training (about 95 minutes on one core) has not run yet
-SHIPPED_BUNDLES = ("lmttm", "mam_swinunetr", "salstm")
+# the bundles whose trained model the repository ships as models/model.pt (python -m lmttm_monai.bundle.ship)
+SHIPPED_BUNDLES = ("lmttm", "mam_swinunetr", "mam_unetr", "salstm")
 
 
 # test files whose tests share no expensive module fixture: under pytest -n their tests spread over the workers

@@ -5,9 +5,8 @@ environment's ``bin/python``). Without it these tests skip, or fail with ``LMTTM
 step). The requests are the ones 3D Slicer's MONAI Label plugin sends: ``GET /info/``, ``POST /infer/{model}``,
 ``PUT /datastore/label``, ``POST /train/{model}``, ``GET /train/``.
 
-The server serves a temporary copy of the bundles with the shipped ``models/model.pt`` of those that have one
-(their predictions of a held-out Hippocampus case are checked against its label), and each network's seeded
-initial weights for the others.
+The server serves a temporary copy of the bundles with their shipped ``models/model.pt`` (the predictions of a
+held-out Hippocampus case are checked against its label).
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, SHIPPED_BUNDLES
-from monai.bundle import ConfigParser
 
 from lmttm_monai.apps.monailabel import start_command
 
@@ -147,16 +145,6 @@ def _wait_until_serving(server: Server) -> None:
     pytest.fail(f"/info/ did not answer within {START_TIMEOUT_S} s:\n{server.log_text()[-6000:]}")
 
 
-def _write_initial_weights(bundle: Path) -> None:
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser["bundle_root"] = str(bundle)
-    torch.manual_seed(0)
-    network = parser.get_parsed_content("network_def")
-    (bundle / "models").mkdir(exist_ok=True)
-    torch.save(network.state_dict(), bundle / "models" / "model.pt")
-
-
 @pytest.fixture(scope="module")
 def label_python() -> str:
     return _label_python()
@@ -164,17 +152,15 @@ def label_python() -> str:
 
 @pytest.fixture(scope="module")
 def workspace(label_python, tmp_path_factory, hippocampus_dir, medmnist_dir, drive_dir):
-    """A copy of the bundles with their shipped weights or seeded initial ones (and one without weights), and a
-    studies folder of real images."""
+    """A copy of the bundles with their shipped weights (and one without weights), and a studies folder of real
+    images."""
     root = tmp_path_factory.mktemp("monailabel")
     bundles = root / "bundles"
     for name in BUNDLES:
         shutil.copytree(REPO_ROOT / "bundles" / name, bundles / name, ignore=shutil.ignore_patterns("models", "eval"))
-        if name in SHIPPED_BUNDLES:
-            (bundles / name / "models").mkdir()
-            shutil.copy(REPO_ROOT / "bundles" / name / "models" / "model.pt", bundles / name / "models" / "model.pt")
-        else:
-            _write_initial_weights(bundles / name)
+        assert name in SHIPPED_BUNDLES, name
+        (bundles / name / "models").mkdir()
+        shutil.copy(REPO_ROOT / "bundles" / name / "models" / "model.pt", bundles / name / "models" / "model.pt")
     shutil.copytree(REPO_ROOT / "bundles" / "salstm", bundles / UNTRAINED, ignore=shutil.ignore_patterns("models"))
 
     studies = root / "studies"

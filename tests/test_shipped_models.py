@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from bundle_helpers import bundle, config_list, dice, read_rows
-from conftest import HIPPOCAMPUS_DIR, MEDMNIST_DIR, REPO_ROOT, SHIPPED_BUNDLES
+from conftest import DRIVE_DIR, HIPPOCAMPUS_DIR, MEDMNIST_DIR, REPO_ROOT, SHIPPED_BUNDLES
 
 from lmttm_monai.bundle import ship as shipping
 from lmttm_monai.bundle.release import asset_url, version_mentions
@@ -33,7 +33,7 @@ from lmttm_monai.utils.bundles import BUNDLES_ENV
 BUNDLES = REPO_ROOT / "bundles"
 CLI = Path(sys.executable).parent / "lmttm-monai"
 SHIPPED = SHIPPED_BUNDLES
-DATA = {"lmttm": MEDMNIST_DIR, "mam_swinunetr": HIPPOCAMPUS_DIR, "salstm": HIPPOCAMPUS_DIR}
+DATA = {"lmttm": MEDMNIST_DIR, "mam_swinunetr": HIPPOCAMPUS_DIR, "mam_unetr": DRIVE_DIR, "salstm": HIPPOCAMPUS_DIR}
 TOLERANCE = 0.002
 
 
@@ -256,3 +256,16 @@ def test_bump_writes_a_new_version_everywhere_and_refuses_a_used_version_or_a_ch
             set_version(str(root), "9.9.9", "again")
         with pytest.raises(ReleaseError, match="one line"):
             set_version(str(root), "9.9.10", "two\nlines")
+
+
+@pytest.mark.slow
+def test_mam_unetr_segments_the_vessels_of_a_test_picture_with_its_shipped_model_and_no_training(tmp_path):
+    from PIL import Image
+
+    _infer("mam_unetr", tmp_path, "--input", str(DRIVE_DIR / "test" / "images" / "01_test.tif"),
+           "--output_dir", str(tmp_path / "out"))  # fmt: skip
+    seg = np.array(Image.open(tmp_path / "out" / "01_test_seg.png")) > 0
+    vessels = np.array(Image.open(DRIVE_DIR / "test" / "1st_manual" / "01_manual1.gif")) > 0
+    assert seg.shape == vessels.shape
+    assert dice(seg.astype(int), vessels.astype(int), 1) > 0.7  # an untrained network scores far below
+
