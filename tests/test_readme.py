@@ -129,7 +129,7 @@ GROUPS = grouped_commands()
 OUTPUTS = {
     "lmttm": ["runs/lmttm/models/model.pt"],
     "mam_swinunetr": ["runs/mam_swinunetr-folder/*_seg.nii.gz"],
-    "mam_unetr": ["runs/mam_unetr-folder/*_seg.png"],
+    "mam_unetr": ["runs/mam_unetr/models/model.pt", "runs/mam_unetr-folder/*_seg.png"],
     "salstm": ["runs/salstm-folder/*_seg.nii.gz"],
     "results": ["runs/results/lmttm/results.md"],
     "cli": ["runs/lmttm/*-train/models/model.pt", "runs/mam_swinunetr/*-infer/*_seg.nii.gz"],
