@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
-from conftest import REPO_ROOT, SCHEMA, SHARED_DATA  # noqa: F401  (SCHEMA: for the tests that import it here)
+from conftest import REPO_ROOT
 
 
 def bundle(*args: str, cwd: Path = REPO_ROOT, module: str = "monai.bundle", env: dict | None = None) -> str:

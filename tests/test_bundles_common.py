@@ -12,8 +12,7 @@ import subprocess
 import pytest
 from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 
-from bundle_helpers import SCHEMA
-from conftest import REPO_ROOT, require_path
+from conftest import REPO_ROOT, SCHEMA, require_path
 
 BUNDLES = REPO_ROOT / "bundles"
 # bundle -> the overlays that change its network (each must still fit the metadata's input and output)

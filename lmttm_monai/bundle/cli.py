@@ -52,8 +52,10 @@ def find_bundle(bundle: str | os.PathLike) -> Path:
     path = Path(bundle).expanduser()
     if (path / "configs" / "metadata.json").is_file():
         return path.resolve()
-    if os.sep not in str(bundle) and (Path(bundles_dir()) / str(bundle) / "configs" / "metadata.json").is_file():
-        return (Path(bundles_dir()) / str(bundle)).resolve()
+    if os.sep not in str(bundle):
+        named = bundles_dir() / str(bundle)
+        if (named / "configs" / "metadata.json").is_file():
+            return named
     raise CLIError(
         f"no bundle {str(bundle)!r}: give a bundle folder (one holding configs/metadata.json) or one of "
         f"{', '.join(_bundle_names()) or '(none found)'}"
